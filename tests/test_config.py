@@ -96,3 +96,15 @@ def test_load_reports_the_file(tmp_path):
         PrismConfig.load(tmp_path)
     with pytest.raises(ConfigError, match="no config.json"):
         PrismConfig.load(tmp_path / "nowhere")
+
+
+def test_strict_step_table():
+    lax = PrismConfig.from_dict(BASE)
+    lax.check_num_steps(6)  # later steps reuse the last module
+    strict = PrismConfig.from_dict({**BASE, "prism_strict_steps": True})
+    assert strict.to_dict()["prism_strict_steps"] is True
+    strict.check_num_steps(2)
+    with pytest.raises(ConfigError, match="num_steps=3 runs draft steps 0..2, but the draft's 'prism_step_modules'"):
+        strict.check_num_steps(3)
+    with pytest.raises(ConfigError, match="'prism_strict_steps' must be true or false"):
+        PrismConfig.from_dict({**BASE, "prism_strict_steps": "yes"})

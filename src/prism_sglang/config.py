@@ -48,6 +48,9 @@ class PrismConfig:
     aux_layer_ids: tuple[int, ...] | None = None
     num_modules: int = 2
     step_modules: tuple[int, ...] = (0, 1)
+    # Strict table: running more draft steps than the table has entries is an error (default: later steps
+    # reuse the table's last module, as the paper does at depths beyond the trained ones).
+    strict_steps: bool = False
     torch_dtype: str = "bfloat16"
     # Token ids the serving stack reads from the draft config (SGLang copies them from the target otherwise).
     bos_token_id: int | None = None
@@ -67,6 +70,15 @@ class PrismConfig:
         if step < 0:
             raise ValueError(f"draft step must be >= 0, got {step}")
         return self.step_modules[min(step, len(self.step_modules) - 1)]
+
+    def check_num_steps(self, num_steps: int) -> None:
+        """Raise ConfigError if a serving setting of `num_steps` draft steps (0..num_steps-1) breaks a strict table."""
+        if self.strict_steps and num_steps > len(self.step_modules):
+            raise ConfigError(
+                f"speculative num_steps={num_steps} runs draft steps 0..{num_steps - 1}, but the draft's "
+                f"'prism_step_modules' has {len(self.step_modules)} entries and 'prism_strict_steps' is true; "
+                f"use num_steps <= {len(self.step_modules)} or a draft trained for more steps"
+            )
 
     @property
     def is_eagle3(self) -> bool:
@@ -111,6 +123,8 @@ class PrismConfig:
                 "eagle_aux_hidden_state_layer_ids": list(self.aux_layer_ids),
                 "use_aux_hidden_state": True,
             }
+        if self.strict_steps:
+            d["prism_strict_steps"] = True
         if self.bos_token_id is not None:
             d["bos_token_id"] = self.bos_token_id
         if self.eos_token_id is not None:
@@ -264,10 +278,18 @@ def _from_dict(d: dict[str, Any]) -> PrismConfig:
         aux_layer_ids=tuple(aux) if aux is not None else None,
         num_modules=num_modules,
         step_modules=tuple(table),
+        strict_steps=_strict_steps(d),
         torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "bfloat16"),
         bos_token_id=d.get("bos_token_id"),
         eos_token_id=d.get("eos_token_id"),
     )
+
+
+def _strict_steps(d: dict[str, Any]) -> bool:
+    value = d.get("prism_strict_steps", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"field 'prism_strict_steps' must be true or false, got {value!r}")
+    return value
 
 
 def _validate(c: PrismConfig) -> None:
