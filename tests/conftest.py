@@ -14,6 +14,8 @@ from prism_sglang.modeling import PrismDraft
 from prism_sglang.target import TargetModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tiny models are dominated by per-op overhead: one thread is faster and does not fight other processes.
+torch.set_num_threads(1)
 
 TINY = dict(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=512, rope_theta=10000.0)
@@ -64,6 +66,50 @@ def make_draft(target: TargetModel, num_modules: int = 2, table: tuple[int, ...]
         draft.set_vocab_map(torch.arange(draft.config.draft_vocab_size) * 2 % draft.config.vocab_size)
     draft.attach_embedding(target.embedding_weight())
     return draft.eval()
+
+
+def make_predictable_target(directory: Path, sharpness: float = 4.0, **overrides) -> TargetModel:
+    """A tiny target whose next token depends (almost) only on the current one: every decoder layer's output
+    projections are zero, so the logits are lm_head(norm(embed(x))) scaled by `sharpness`. A short training
+    run gives a draft that agrees with it often, which exercises long acceptances."""
+    target = TargetModel.load(make_tiny_target_dir(directory, **overrides), aux_layer_ids=[1, 3, 4])
+    with torch.no_grad():
+        for layer in target.model.get_decoder().layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        target.model.get_output_embeddings().weight.mul_(sharpness)
+    return target
+
+
+def train_tiny_draft(target: TargetModel, num_modules: int = 2, table: tuple[int, ...] = (0, 1), steps: int = 200,
+                     seed: int = 0, temperature: float = 0.0) -> PrismDraft:
+    """Self-distil: target continuations of random prompts, then a short TTT run (seconds on a CPU)."""
+    from prism_sglang.engine.batch import generate_batch
+    from prism_sglang.engine.sampling import SamplingParams
+    from prism_sglang.train.data import Example
+    from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = target.vocab_size
+    prompts = [torch.randint(3, vocab, (4,), generator=g).tolist() for _ in range(256)]
+    params = SamplingParams(max_new_tokens=44, ignore_eos=True, temperature=temperature)
+    outputs = generate_batch(target, prompts, params, seeds=range(len(prompts)))
+    examples = [Example(tuple(p + o), tuple([False] * len(p) + [True] * len(o))) for p, o in zip(prompts, outputs,
+                                                                                                 strict=True)]
+    draft = new_draft(target, num_modules, table, aux_layer_ids=target.aux_layer_ids, seed=seed)
+    config = TrainConfig(ttt_steps=6, batch_size=16, max_steps=steps, learning_rate=1e-2, seed=seed)
+    Trainer(target, draft, examples, config, progress=False).run()
+    return draft
+
+
+@pytest.fixture(scope="session")
+def predictable_target(tmp_path_factory) -> TargetModel:
+    return make_predictable_target(tmp_path_factory.mktemp("predictable"))
+
+
+@pytest.fixture(scope="session")
+def trained_draft(predictable_target) -> PrismDraft:
+    return train_tiny_draft(predictable_target)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,66 @@
+"""Speculative decoding statistics: cycles, tau, per-position conditional acceptance, time split."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+PHASES = ("prefill", "draft", "verify", "extend", "decode")
+
+
+@dataclass
+class SpecStats:
+    """One request's (or, merged, a run's) figures.
+
+    tau = mean over verification cycles of (accepted draft tokens + 1): the bonus token counts, as SGLang's
+    accept length does. (SGLang's per-request `spec_accept_length` divides all completion tokens, the
+    prefill's first token included, by the cycle count; ours leaves the prefill token out.)
+    Position i's conditional acceptance is P(at least i drafts accepted | at least i-1 accepted).
+    """
+
+    accept_lengths: list[int] = field(default_factory=list)  # accepted draft tokens per cycle
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    output_tokens: int = 0
+
+    def record_cycle(self, accepted: int) -> None:
+        self.accept_lengths.append(accepted)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] += seconds
+
+    @property
+    def cycles(self) -> int:
+        return len(self.accept_lengths)
+
+    @property
+    def tau(self) -> float:
+        return (sum(self.accept_lengths) + self.cycles) / self.cycles if self.cycles else 0.0
+
+    def histogram(self) -> dict[int, int]:
+        return dict(sorted(Counter(self.accept_lengths).items()))
+
+    def per_position(self, depth: int) -> list[float | None]:
+        """Conditional acceptance at positions 1..depth (None where no cycle reached the position)."""
+        rates: list[float | None] = []
+        for i in range(1, depth + 1):
+            reached = sum(1 for a in self.accept_lengths if a >= i - 1)
+            rates.append(sum(1 for a in self.accept_lengths if a >= i) / reached if reached else None)
+        return rates
+
+    def merge(self, other: SpecStats) -> SpecStats:
+        merged = SpecStats(self.accept_lengths + other.accept_lengths, dict(self.seconds),
+                           self.output_tokens + other.output_tokens)
+        for phase, s in other.seconds.items():
+            merged.seconds[phase] += s
+        return merged
+
+    def to_dict(self, depth: int) -> dict[str, Any]:
+        return {
+            "cycles": self.cycles,
+            "tau": self.tau,
+            "accept_histogram": self.histogram(),
+            "per_position_acceptance": self.per_position(depth),
+            "output_tokens": self.output_tokens,
+            "seconds": dict(self.seconds),
+        }

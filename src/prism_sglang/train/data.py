@@ -1,0 +1,72 @@
+"""Chat conversations -> token ids with the target's chat template and a loss mask on assistant tokens."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: tuple[int, ...]
+    loss_mask: tuple[bool, ...]  # True where the token was written by the assistant
+
+
+def chat_ids(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of `messages` rendered with the tokenizer's chat template."""
+    encoded = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def tokenize_conversation(tokenizer, messages: Sequence[Message], max_length: int) -> Example | None:
+    """Render a conversation; assistant turns (content and end-of-turn tokens) carry the loss.
+
+    Each assistant span is found by rendering the prefix before it with the generation prompt, which works
+    for any chat template whose renderings are prefix-stable. Returns None if nothing is left to learn.
+    """
+    ids = chat_ids(tokenizer, messages)
+    mask = [False] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(chat_ids(tokenizer, messages[:i], add_generation_prompt=True))
+        end = len(chat_ids(tokenizer, messages[: i + 1]))
+        mask[start:end] = [True] * (end - start)
+    ids, mask = ids[:max_length], mask[:max_length]
+    if not any(mask):
+        return None
+    return Example(tuple(ids), tuple(mask))
+
+
+def batches(examples: Sequence[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch as example indices: a seeded shuffle, so a resumed run sees the same order."""
+    order = list(range(len(examples)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(examples: Sequence[Example], pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded (input_ids, attention_mask, loss_mask) tensors [B, T]."""
+    t = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(examples), t, dtype=torch.bool)
+    loss = torch.zeros(len(examples), t, dtype=torch.bool)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        attention[row, :n] = True
+        loss[row, :n] = torch.tensor(e.loss_mask)
+    return ids, attention, loss
+
+
+def assistant_tokens(examples: Sequence[Example]) -> Iterator[int]:
+    for e in examples:
+        yield from (token for token, keep in zip(e.input_ids, e.loss_mask, strict=True) if keep)

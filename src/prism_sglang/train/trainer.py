@@ -1,0 +1,296 @@
+"""PRISM draft training (DESIGN §4): online target forward -> TTT over K steps with per-step modules ->
+per-step soft cross-entropy against the target's distribution on assistant tokens -> AdamW.
+
+fp32 on CPU, bf16 autocast on CUDA. Checkpoints are the DESIGN §1 folder (fp32 while training, so a resumed run
+continues bit for bit) plus the optimizer state as safetensors and a JSON trainer state; never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from prism_sglang.checkpoint import load_draft, save_draft
+from prism_sglang.config import PrismConfig, default_aux_layer_ids
+from prism_sglang.modeling import PrismDraft
+from prism_sglang.target import TargetModel
+from prism_sglang.train.data import Example, batches, collate
+from prism_sglang.train.ttt import ttt_forward
+
+STEP_WEIGHTINGS = ("equal", "decay")
+
+
+@dataclass
+class TrainConfig:
+    ttt_steps: int = 6  # K: draft steps unrolled (0 = context pass; 1..K-1 = drafted tokens)
+    step_weighting: str = "equal"  # equal (PRISM) or decay = 0.8^j (EAGLE-3)
+    learning_rate: float = 3e-4
+    warmup_ratio: float = 0.02
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 0.5
+    batch_size: int = 8
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs
+    seed: int = 0
+    save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.step_weighting not in STEP_WEIGHTINGS:
+            raise ValueError(f"step_weighting must be one of {STEP_WEIGHTINGS}, got {self.step_weighting!r}")
+        if self.ttt_steps < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("ttt_steps, batch_size and epochs must be >= 1")
+
+    def weights(self) -> list[float]:
+        return [1.0 if self.step_weighting == "equal" else 0.8**j for j in range(self.ttt_steps)]
+
+
+def new_draft(
+    target: TargetModel,
+    num_modules: int,
+    step_modules: Sequence[int],
+    draft_vocab: Tensor | None = None,
+    aux_layer_ids: Sequence[int] | None = None,
+    seed: int = 0,
+) -> PrismDraft:
+    """A fresh draft shaped like one target layer. lm_head starts from the target's output rows of the draft
+    vocabulary and `norm` from the target's final norm (a head start: step 0 then begins near the target's
+    own next-token prediction); the decoder modules start random."""
+    c = target.config
+    vocab_ids = draft_vocab if draft_vocab is not None else torch.arange(c.vocab_size)
+    config = PrismConfig(
+        hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        vocab_size=c.vocab_size, draft_vocab_size=vocab_ids.numel(), target_hidden_size=c.hidden_size,
+        rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
+        rope_parameters=dict(c.rope_parameters),
+        aux_layer_ids=tuple(aux_layer_ids or default_aux_layer_ids(target.num_layers)),
+        num_modules=num_modules, step_modules=tuple(step_modules), torch_dtype="bfloat16",
+        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
+    )
+    config.resolved_aux_layer_ids(target.num_layers)
+    torch.manual_seed(seed)
+    draft = PrismDraft(config)
+    draft.set_vocab_map(vocab_ids)
+    with torch.no_grad():
+        draft.lm_head.weight.copy_(target.model.get_output_embeddings().weight[vocab_ids])
+        draft.norm.weight.copy_(target.model.get_decoder().norm.weight)
+    draft.attach_embedding(target.embedding_weight())
+    return draft
+
+
+@dataclass
+class StepMetrics:
+    loss: float
+    losses: list[float]
+    accuracies: list[float]
+    tokens: int  # non-padding tokens in the batch
+
+
+def ttt_loss(
+    draft: PrismDraft, target: TargetModel, ids: Tensor, attention: Tensor, loss_mask: Tensor, config: TrainConfig
+) -> tuple[Tensor, StepMetrics]:
+    """Weighted mean over steps of the soft cross-entropy between draft step j at index t and the target's
+    distribution (restricted to the draft vocabulary) for token t+2+j, on assistant tokens whose target
+    argmax is in the draft vocabulary (EAGLE-3's position mask)."""
+    with torch.no_grad():
+        out = target.forward(ids, attention_mask=attention.long())
+        vocab = draft.draft_to_target
+        target_logits = out.logits[..., vocab].float()
+        in_vocab = draft.t2d[out.logits.argmax(-1)]
+        target_top = out.logits[..., vocab].argmax(-1)
+        features = out.features.to(draft.fc.weight.dtype)
+        del out
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.is_cuda)
+    with autocast:
+        hiddens = ttt_forward(draft, ids, features, config.ttt_steps)
+    t = ids.shape[1]
+    weights = config.weights()
+    total, losses, accuracies = 0.0, [], []
+    for j, hidden in enumerate(hiddens):
+        shift = 1 + j  # step j at index t is scored against the target's prediction at t + 1 + j
+        if shift >= t:
+            losses.append(0.0)
+            accuracies.append(0.0)
+            continue
+        valid = loss_mask[:, shift + 1 :] & in_vocab[:, shift : t - 1] & attention[:, shift + 1 :]
+        with autocast:
+            logits = draft.logits(hidden[:, : t - 1 - shift]).float()
+        logp = F.log_softmax(logits, dim=-1)
+        p = torch.softmax(target_logits[:, shift : t - 1], dim=-1)
+        ce = -(p * logp).sum(-1)
+        count = valid.sum().clamp_min(1)
+        step_loss = (ce * valid).sum() / count
+        total = total + weights[j] * step_loss
+        losses.append(float(step_loss.detach()))
+        accuracies.append(float(((logits.argmax(-1) == target_top[:, shift : t - 1]) & valid).sum() / count))
+    loss = total / sum(weights)
+    return loss, StepMetrics(float(loss.detach()), losses, accuracies, int(attention.sum()))
+
+
+def _schedule(total_steps: int, warmup_ratio: float):
+    """Linear warmup, then linear decay to zero (the paper's get_linear_schedule_with_warmup)."""
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(
+        self,
+        target: TargetModel,
+        draft: PrismDraft,
+        examples: Sequence[Example],
+        config: TrainConfig,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not examples:
+            raise ValueError("no training examples")
+        self.target, self.draft, self.examples, self.config = target, draft, list(examples), config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.steps_per_epoch = math.ceil(len(self.examples) / config.batch_size)
+        self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
+        params = [p for p in draft.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _schedule(self.total_steps, config.warmup_ratio)
+        )
+        self.state = TrainState()
+        self.pad_id = 0
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def checkpoint_dir(self, step: int) -> Path:
+        assert self.out_dir is not None
+        return self.out_dir / "checkpoints" / f"step-{step:07d}"
+
+    def save_checkpoint(self) -> Path:
+        directory = self.checkpoint_dir(self.state.step)
+        save_draft(self.draft, directory, dtype=None)
+        tensors, groups = _optimizer_tensors(self.optimizer, self.draft)
+        save_file(tensors, str(directory / "optimizer.safetensors"))
+        (directory / "trainer_state.json").write_text(json.dumps({
+            "step": self.state.step, "tokens": self.state.tokens, "seconds": self.state.seconds,
+            "scheduler": self.scheduler.state_dict(), "param_groups": groups, "config": asdict(self.config),
+            "history": self.state.history,
+        }, indent=1) + "\n")
+        return directory
+
+    def latest_checkpoint(self) -> Path | None:
+        if self.out_dir is None:
+            return None
+        found = sorted((self.out_dir / "checkpoints").glob("step-*/trainer_state.json"))
+        return found[-1].parent if found else None
+
+    def resume(self, directory: Path) -> None:
+        loaded = load_draft(directory, self.target.config, dtype=self.draft.fc.weight.dtype,
+                            device=self.draft.fc.weight.device)
+        self.draft.load_state_dict({k: v for k, v in loaded.state_dict().items() if k != "embed_tokens.weight"},
+                                   strict=False)
+        state = json.loads((directory / "trainer_state.json").read_text())
+        _load_optimizer(self.optimizer, self.draft, load_file(str(directory / "optimizer.safetensors")),
+                        state["param_groups"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = TrainState(state["step"], state["tokens"], state["seconds"], state["history"])
+
+    # -- loop -------------------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> TrainState:
+        if resume and (latest := self.latest_checkpoint()) is not None:
+            self.resume(latest)
+        device = self.draft.fc.weight.device
+        self.draft.train()
+        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.progress, desc="train",
+                   unit="step", dynamic_ncols=True)
+        log = self._log_file()
+        while self.state.step < self.total_steps:
+            epoch, index = divmod(self.state.step, self.steps_per_epoch)
+            batch = [self.examples[i] for i in batches(self.examples, self.config.batch_size, self.config.seed,
+                                                       epoch)[index]]
+            start = time.perf_counter()
+            ids, attention, loss_mask = (x.to(device) for x in collate(batch, self.pad_id))
+            loss, metrics = ttt_loss(self.draft, self.target, ids, attention, loss_mask, self.config)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.draft.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.state.step += 1
+            self.state.tokens += metrics.tokens
+            self.state.seconds += time.perf_counter() - start
+            record = {"step": self.state.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
+                      "loss": metrics.loss, "tokens": self.state.tokens,
+                      **{f"loss_{j}": v for j, v in enumerate(metrics.losses)},
+                      **{f"acc_{j}": v for j, v in enumerate(metrics.accuracies)}}
+            self.state.history.append({k: record[k] for k in ("step", "loss")})
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics.loss:.3f}", acc0=f"{metrics.accuracies[0]:.2f}",
+                            acc_last=f"{metrics.accuracies[-1]:.2f}")
+            if self.out_dir is not None and self.config.save_every and self.state.step % self.config.save_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        if log is not None:
+            log.close()
+        self.draft.eval()
+        if self.out_dir is not None and self.latest_checkpoint() != self.checkpoint_dir(self.state.step):
+            self.save_checkpoint()
+        return self.state
+
+    def _log_file(self):
+        if self.out_dir is None:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return (self.out_dir / "train_log.jsonl").open("a")
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, draft: PrismDraft) -> tuple[dict[str, Tensor], list]:
+    """AdamW state keyed by parameter name (safetensors), plus the JSON-able param groups."""
+    names = {id(p): n for n, p in draft.named_parameters()}
+    tensors = {}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            tensors[f"{names[id(param)]}::{key}"] = value.detach().cpu().contiguous()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
+    return tensors, groups
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, draft: PrismDraft, tensors: dict[str, Tensor],
+                    groups: list[dict]) -> None:
+    params = dict(draft.named_parameters())
+    for key, value in tensors.items():
+        name, slot = key.split("::")
+        param = params[name]
+        optimizer.state[param][slot] = value.to(param.device) if slot != "step" else value
+    for group, saved in zip(optimizer.param_groups, groups, strict=True):
+        group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})

@@ -1,0 +1,69 @@
+"""Training-time test (TTT): all K draft steps unrolled over whole sequences at once (DESIGN §2.1).
+
+Index t of step j stands for "the chain drafted after position t": its query sits at position t + j, reads
+token x(t+1+j) and the previous step's hidden at t, and attends to
+  * step 0's keys at indices s <= t (positions s: the context, written by module table[0]), and
+  * the keys steps 1..j produced at index t (positions t+i, written by module table[i]).
+That is exactly what the inference forward sees for the same chain (the shared KV cache), so the step-k
+logits of this unroll equal the engine's — a test checks it. Positions are t + j, not t (SpecForge's
+shortcut), and every step runs its own module from the step table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.models.llama.modeling_llama import repeat_kv
+
+from prism_sglang.modeling import PrismDraft
+
+
+def _shift_left(ids: Tensor, by: int) -> Tensor:
+    """ids[:, t + by] at index t (zeros past the end: those indices are never attended by valid ones)."""
+    return F.pad(ids[:, by:], (0, by)) if by else ids
+
+
+def _attend(q: Tensor, k0: Tensor, v0: Tensor, diag_k: list[Tensor], diag_v: list[Tensor]) -> Tensor:
+    """Causal attention over step-0 keys plus, per index, the diagonal keys of steps 1..j. Shapes [B, H, T, d]."""
+    groups = q.shape[1] // k0.shape[1]
+    scale = q.shape[-1] ** -0.5
+    k0, v0 = repeat_kv(k0, groups), repeat_kv(v0, groups)
+    t = q.shape[2]
+    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    scores = (q @ k0.transpose(-1, -2) * scale).masked_fill(~causal, float("-inf"))
+    diag_k = [repeat_kv(k, groups) for k in diag_k]
+    diag_v = [repeat_kv(v, groups) for v in diag_v]
+    extra = [(q * k).sum(-1, keepdim=True) * scale for k in diag_k]  # [B, H, T, 1] each
+    weights = torch.softmax(torch.cat([scores, *extra], dim=-1), dim=-1)
+    out = weights[..., :t] @ v0
+    for i, v in enumerate(diag_v):
+        out = out + weights[..., t + i : t + i + 1] * v
+    return out
+
+
+def ttt_forward(draft: PrismDraft, input_ids: Tensor, features: Tensor, num_steps: int) -> list[Tensor]:
+    """Pre-norm hidden states [B, T, H] of steps 0..num_steps-1 (apply `draft.logits` for predictions).
+
+    `input_ids` [B, T] is the token sequence x_0..x_{T-1}; `features` [B, T, A*Ht] the target's aux features
+    f(0)..f(T-1). Step j at index t predicts x(t+2+j).
+    """
+    b, t = input_ids.shape
+    positions = torch.arange(t, device=input_ids.device).expand(b, t)
+    hidden = draft.fc(features)
+    diag_k: list[Tensor] = []
+    diag_v: list[Tensor] = []
+    k0 = v0 = None
+    outputs = []
+    for step in range(num_steps):
+        module = draft.module_for_step(step)
+        cos, sin = draft.rotary(hidden, positions + step)
+        q, k, v = module.qkv(draft.embed_tokens(_shift_left(input_ids, step + 1)), hidden, cos, sin)
+        if step == 0:
+            k0, v0 = k, v
+        else:
+            diag_k.append(k)
+            diag_v.append(v)
+        hidden = module.finish(_attend(q, k0, v0, diag_k, diag_v), hidden)
+        outputs.append(hidden)
+    return outputs
