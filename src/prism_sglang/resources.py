@@ -44,3 +44,17 @@ def require_module(import_name: str, pip_spec: str, why: str) -> None:
     if importlib.util.find_spec(import_name) is None:
         raise MissingPackageError(f"{why} needs the package '{pip_spec}'. Install it with:\n"
                                   f"  {sys.executable} -m pip install '{pip_spec}'")
+
+
+DRAFTS_DIR = Path(__file__).parent / "drafts"
+DEFAULT_DRAFT = "smollm2-prism"  # the embedded default: PRISM (M = 2) for SmolLM2-135M-Instruct
+BASELINE_DRAFT = "smollm2-eagle3"  # the EAGLE-3 (M = 1) baseline trained on the same data
+
+
+def shipped_draft_dir(name: str = DEFAULT_DRAFT) -> Path:
+    """A draft checkpoint shipped inside the package (src/prism_sglang/drafts/<name>)."""
+    path = DRAFTS_DIR / name
+    if not (path / "config.json").is_file():
+        available = sorted(p.name for p in DRAFTS_DIR.glob("*") if (p / "config.json").is_file())
+        raise FileNotFoundError(f"no shipped draft '{name}' in {DRAFTS_DIR} (available: {available or 'none'})")
+    return path

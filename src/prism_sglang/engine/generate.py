@@ -52,6 +52,9 @@ class TreeSettings:
             raise ValueError("rejection_sampling needs topk = 1 (as in SGLang)")
 
 
+DEFAULT_TREE = TreeSettings()
+
+
 class SpeculativeEngine:
     """A HF target plus an optional PRISM draft (None: target-only generation only)."""
 
@@ -59,7 +62,7 @@ class SpeculativeEngine:
         self,
         target: TargetModel,
         draft: PrismDraft | None,
-        tree: TreeSettings = TreeSettings(),
+        tree: TreeSettings = DEFAULT_TREE,
         tokenizer=None,
     ) -> None:
         self.target, self.draft, self.tree, self.tokenizer = target, draft, tree, tokenizer

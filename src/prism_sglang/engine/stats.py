@@ -48,6 +48,25 @@ class SpecStats:
             rates.append(sum(1 for a in self.accept_lengths if a >= i) / reached if reached else None)
         return rates
 
+    def meta_info(self, num_draft_tokens: int) -> dict[str, Any]:
+        """Per-request figures under SGLang 0.5.17's `meta_info` names and definitions
+        (tokenizer_manager._calculate_spec_decoding_metrics): accept length = completion tokens / verify count."""
+        if not self.cycles:
+            return {}
+        proposed = self.cycles * (num_draft_tokens - 1)
+        correct = sum(self.accept_lengths)
+        histogram = [0] * (max(self.accept_lengths) + 1)
+        for a in self.accept_lengths:
+            histogram[a] += 1
+        return {
+            "spec_verify_ct": self.cycles,
+            "spec_accept_length": self.output_tokens / self.cycles,
+            "spec_accept_rate": correct / proposed if proposed else 0.0,
+            "spec_num_correct_drafts": correct,
+            "spec_num_proposed_drafts": proposed,
+            "spec_correct_drafts_histogram": histogram,
+        }
+
     def merge(self, other: SpecStats) -> SpecStats:
         merged = SpecStats(self.accept_lengths + other.accept_lengths, dict(self.seconds),
                            self.output_tokens + other.output_tokens)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from prism_sglang.engine.loading import encode_chat
+
 Message = dict[str, str]
 
 
@@ -18,27 +20,19 @@ class Example:
     loss_mask: tuple[bool, ...]  # True where the token was written by the assistant
 
 
-def chat_ids(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
-    """Token ids of `messages` rendered with the tokenizer's chat template."""
-    encoded = tokenizer.apply_chat_template(
-        list(messages), add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
-    )
-    return list(encoded["input_ids"])
-
-
 def tokenize_conversation(tokenizer, messages: Sequence[Message], max_length: int) -> Example | None:
     """Render a conversation; assistant turns (content and end-of-turn tokens) carry the loss.
 
     Each assistant span is found by rendering the prefix before it with the generation prompt, which works
     for any chat template whose renderings are prefix-stable. Returns None if nothing is left to learn.
     """
-    ids = chat_ids(tokenizer, messages)
+    ids = encode_chat(tokenizer, messages, add_generation_prompt=False)
     mask = [False] * len(ids)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(chat_ids(tokenizer, messages[:i], add_generation_prompt=True))
-        end = len(chat_ids(tokenizer, messages[: i + 1]))
+        start = len(encode_chat(tokenizer, messages[:i], add_generation_prompt=True))
+        end = len(encode_chat(tokenizer, messages[: i + 1], add_generation_prompt=False))
         mask[start:end] = [True] * (end - start)
     ids, mask = ids[:max_length], mask[:max_length]
     if not any(mask):
