@@ -27,7 +27,10 @@ def tiny_target_config(arch: str = "llama", **overrides) -> LlamaConfig | Qwen2C
     kw["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
     # Larger init than HF's default so the tiny targets have peaked, non-degenerate distributions.
     kw.setdefault("initializer_range", 0.3)
-    kw.update(eos_token_id=1, bos_token_id=0, pad_token_id=2, tie_word_embeddings=False)
+    kw.setdefault("eos_token_id", 1)
+    kw.setdefault("bos_token_id", 0)
+    kw.setdefault("pad_token_id", 2)
+    kw["tie_word_embeddings"] = False
     return (LlamaConfig if arch == "llama" else Qwen2Config)(**kw)
 
 
@@ -110,6 +113,21 @@ def predictable_target(tmp_path_factory) -> TargetModel:
 @pytest.fixture(scope="session")
 def trained_draft(predictable_target) -> PrismDraft:
     return train_tiny_draft(predictable_target)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_target_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with SmolLM2's vocabulary, tokenizer and chat template: chat pipelines in seconds."""
+    import shutil
+
+    from prism_sglang.prepare_model import prepare_smollm2
+
+    smollm2 = prepare_smollm2(log=lambda _: None)
+    directory = make_tiny_target_dir(tmp_path_factory.mktemp("tiny-chat"), vocab_size=49152, num_hidden_layers=4,
+                                     eos_token_id=2, bos_token_id=1, pad_token_id=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(smollm2 / name, directory / name)
+    return directory
 
 
 @pytest.fixture(scope="session")

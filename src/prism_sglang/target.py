@@ -17,6 +17,7 @@ class TargetOutput:
     logits: Tensor  # [B, T, V] (or the last `logits_to_keep` positions)
     features: Tensor | None  # [B, T, A * H]: aux layer outputs concatenated in aux_layer_ids order
     past_key_values: DynamicCache
+    final_hidden: Tensor | None = None  # [B, T, H] the final normed hidden state (lm_head input), if asked
 
 
 class TargetModel:
@@ -24,11 +25,12 @@ class TargetModel:
         self.model = model.eval()
         self.config = model.config
         self._layers: nn.ModuleList = model.get_decoder().layers
-        self._captured: dict[int, Tensor] = {}
+        self._captured: dict[int | str, Tensor] = {}
         self.aux_layer_ids: list[int] = []
         self._hooks: list = []
         if aux_layer_ids is not None:
             self.set_aux_layers(aux_layer_ids)
+        model.get_decoder().norm.register_forward_hook(self._capture_hook("final"))
 
     @classmethod
     def load(
@@ -52,7 +54,7 @@ class TargetModel:
         self.aux_layer_ids = list(aux_layer_ids)
         self._hooks = [self._layers[i].register_forward_hook(self._capture_hook(i)) for i in set(aux_layer_ids)]
 
-    def _capture_hook(self, layer_id: int):
+    def _capture_hook(self, layer_id: int | str):
         def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
             self._captured[layer_id] = output[0] if isinstance(output, tuple) else output
 
@@ -85,9 +87,11 @@ class TargetModel:
         position_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         logits_to_keep: int = 0,
+        final_hidden: bool = False,
     ) -> TargetOutput:
         """One forward. `attention_mask` may be a 4D bool mask [B, 1, T, past + T] (True = visible) for trees,
-        or a 2D padding mask; `logits_to_keep` = N > 0 computes logits for the last N positions only."""
+        or a 2D padding mask; `logits_to_keep` = N > 0 computes logits for the last N positions only;
+        `final_hidden` also returns the final normed hidden state."""
         if past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         self._captured.clear()
@@ -102,8 +106,9 @@ class TargetModel:
         features = None
         if self.aux_layer_ids:
             features = torch.cat([self._captured[i] for i in self.aux_layer_ids], dim=-1)
+        final = self._captured["final"] if final_hidden else None
         self._captured.clear()
-        return TargetOutput(out.logits, features, out.past_key_values)
+        return TargetOutput(out.logits, features, out.past_key_values, final)
 
 
 def keep_cache_positions(cache: DynamicCache, prefix_length: int, keep: Tensor) -> None:

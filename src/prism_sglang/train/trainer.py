@@ -26,6 +26,7 @@ from prism_sglang.config import PrismConfig, default_aux_layer_ids
 from prism_sglang.modeling import PrismDraft
 from prism_sglang.target import TargetModel
 from prism_sglang.train.data import Example, batches, collate
+from prism_sglang.train.targets import FeatureCache, TargetBatch, online_batch
 from prism_sglang.train.ttt import ttt_forward
 
 STEP_WEIGHTINGS = ("equal", "decay")
@@ -101,42 +102,34 @@ class StepMetrics:
 
 
 def ttt_loss(
-    draft: PrismDraft, target: TargetModel, ids: Tensor, attention: Tensor, loss_mask: Tensor, config: TrainConfig
+    draft: PrismDraft, targets: TargetBatch, ids: Tensor, attention: Tensor, loss_mask: Tensor, config: TrainConfig
 ) -> tuple[Tensor, StepMetrics]:
     """Weighted mean over steps of the soft cross-entropy between draft step j at index t and the target's
     distribution (restricted to the draft vocabulary) for token t+2+j, on assistant tokens whose target
     argmax is in the draft vocabulary (EAGLE-3's position mask)."""
-    with torch.no_grad():
-        out = target.forward(ids, attention_mask=attention.long())
-        vocab = draft.draft_to_target
-        target_logits = out.logits[..., vocab].float()
-        in_vocab = draft.t2d[out.logits.argmax(-1)]
-        target_top = out.logits[..., vocab].argmax(-1)
-        features = out.features.to(draft.fc.weight.dtype)
-        del out
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.is_cuda)
     with autocast:
-        hiddens = ttt_forward(draft, ids, features, config.ttt_steps)
+        hiddens = ttt_forward(draft, ids, targets.features.to(draft.fc.weight.dtype), config.ttt_steps)
     t = ids.shape[1]
     weights = config.weights()
     total, losses, accuracies = 0.0, [], []
     for j, hidden in enumerate(hiddens):
         shift = 1 + j  # step j at index t is scored against the target's prediction at t + 1 + j
-        if shift >= t:
+        if shift >= t - 1:
             losses.append(0.0)
             accuracies.append(0.0)
             continue
-        valid = loss_mask[:, shift + 1 :] & in_vocab[:, shift : t - 1] & attention[:, shift + 1 :]
+        valid = loss_mask[:, shift + 1 :] & targets.in_vocab[:, shift : t - 1] & attention[:, shift + 1 :]
         with autocast:
             logits = draft.logits(hidden[:, : t - 1 - shift]).float()
-        logp = F.log_softmax(logits, dim=-1)
-        p = torch.softmax(target_logits[:, shift : t - 1], dim=-1)
-        ce = -(p * logp).sum(-1)
+        target_logits = targets.logits[:, shift : t - 1]
+        ce = -(torch.softmax(target_logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1)
         count = valid.sum().clamp_min(1)
         step_loss = (ce * valid).sum() / count
         total = total + weights[j] * step_loss
         losses.append(float(step_loss.detach()))
-        accuracies.append(float(((logits.argmax(-1) == target_top[:, shift : t - 1]) & valid).sum() / count))
+        hits = (logits.argmax(-1) == target_logits.argmax(-1)) & valid
+        accuracies.append(float(hits.sum() / count))
     loss = total / sum(weights)
     return loss, StepMetrics(float(loss.detach()), losses, accuracies, int(attention.sum()))
 
@@ -170,10 +163,12 @@ class Trainer:
         config: TrainConfig,
         out_dir: str | Path | None = None,
         progress: bool = True,
+        cache: FeatureCache | None = None,
     ) -> None:
         if not examples:
             raise ValueError("no training examples")
         self.target, self.draft, self.examples, self.config = target, draft, list(examples), config
+        self.cache = cache
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.steps_per_epoch = math.ceil(len(self.examples) / config.batch_size)
@@ -186,7 +181,6 @@ class Trainer:
             self.optimizer, _schedule(self.total_steps, config.warmup_ratio)
         )
         self.state = TrainState()
-        self.pad_id = 0
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def checkpoint_dir(self, step: int) -> Path:
@@ -195,10 +189,12 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         directory = self.checkpoint_dir(self.state.step)
-        save_draft(self.draft, directory, dtype=None)
+        save_draft(self.draft, directory, dtype=None)  # a loadable draft folder; the trainer's state beside it
+        state_dir = directory / "trainer"
+        state_dir.mkdir(exist_ok=True)
         tensors, groups = _optimizer_tensors(self.optimizer, self.draft)
-        save_file(tensors, str(directory / "optimizer.safetensors"))
-        (directory / "trainer_state.json").write_text(json.dumps({
+        save_file(tensors, str(state_dir / "optimizer.safetensors"))
+        (state_dir / "trainer_state.json").write_text(json.dumps({
             "step": self.state.step, "tokens": self.state.tokens, "seconds": self.state.seconds,
             "scheduler": self.scheduler.state_dict(), "param_groups": groups, "config": asdict(self.config),
             "history": self.state.history,
@@ -208,36 +204,41 @@ class Trainer:
     def latest_checkpoint(self) -> Path | None:
         if self.out_dir is None:
             return None
-        found = sorted((self.out_dir / "checkpoints").glob("step-*/trainer_state.json"))
-        return found[-1].parent if found else None
+        found = sorted((self.out_dir / "checkpoints").glob("step-*/trainer/trainer_state.json"))
+        return found[-1].parent.parent if found else None
 
     def resume(self, directory: Path) -> None:
         loaded = load_draft(directory, self.target.config, dtype=self.draft.fc.weight.dtype,
                             device=self.draft.fc.weight.device)
         self.draft.load_state_dict({k: v for k, v in loaded.state_dict().items() if k != "embed_tokens.weight"},
                                    strict=False)
-        state = json.loads((directory / "trainer_state.json").read_text())
-        _load_optimizer(self.optimizer, self.draft, load_file(str(directory / "optimizer.safetensors")),
+        state = json.loads((directory / "trainer" / "trainer_state.json").read_text())
+        _load_optimizer(self.optimizer, self.draft, load_file(str(directory / "trainer" / "optimizer.safetensors")),
                         state["param_groups"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(state["step"], state["tokens"], state["seconds"], state["history"])
 
     # -- loop -------------------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> TrainState:
+    def run(self, resume: bool = False, until: int | None = None) -> TrainState:
+        """Train to the end of the schedule (or stop after step `until`, checkpointing, to be resumed)."""
         if resume and (latest := self.latest_checkpoint()) is not None:
             self.resume(latest)
+        last = min(self.total_steps, until) if until is not None else self.total_steps
         device = self.draft.fc.weight.device
         self.draft.train()
         bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.progress, desc="train",
                    unit="step", dynamic_ncols=True)
         log = self._log_file()
-        while self.state.step < self.total_steps:
+        while self.state.step < last:
             epoch, index = divmod(self.state.step, self.steps_per_epoch)
-            batch = [self.examples[i] for i in batches(self.examples, self.config.batch_size, self.config.seed,
-                                                       epoch)[index]]
+            indices = batches(self.examples, self.config.batch_size, self.config.seed, epoch)[index]
             start = time.perf_counter()
-            ids, attention, loss_mask = (x.to(device) for x in collate(batch, self.pad_id))
-            loss, metrics = ttt_loss(self.draft, self.target, ids, attention, loss_mask, self.config)
+            ids, attention, loss_mask = (x.to(device) for x in collate([self.examples[i] for i in indices]))
+            if self.cache is not None:
+                targets = self.cache.batch(indices, self.draft, device)
+            else:
+                targets = online_batch(self.target, self.draft, ids, attention)
+            loss, metrics = ttt_loss(self.draft, targets, ids, attention, loss_mask, self.config)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.draft.parameters(), self.config.grad_clip)
