@@ -67,6 +67,147 @@ def _prepare_data(args: argparse.Namespace) -> None:
     DataPreparer(target, AutoTokenizer.from_pretrained(target_dir), config, args.out).run()
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from prism_sglang.serve.server import serve
+
+    return serve(args)
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _train(args: argparse.Namespace) -> None:
+    from prism_sglang.train.pipeline import TrainJob, run_training
+    from prism_sglang.train.trainer import TrainConfig
+
+    table = args.table or tuple(range(args.modules))
+    config = TrainConfig(
+        ttt_steps=args.ttt_steps, step_weighting=args.step_weights, learning_rate=args.lr,
+        warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, batch_size=args.batch_size, epochs=args.epochs,
+        max_steps=args.max_steps, seed=args.seed, save_every=args.save_every,
+    )
+    run_training(TrainJob(
+        target=_target_dir(args.target), data=args.data, out=args.out, num_modules=args.modules,
+        step_modules=table, init_from=args.init_from, draft_vocab_size=args.draft_vocab_size,
+        aux_layer_ids=list(args.aux_layers) if args.aux_layers else None, limit=args.limit,
+        max_length=args.max_length, feature_cache=args.feature_cache, skip_contaminated=args.skip_contaminated,
+        device=_device(args.device), resume=args.resume, config=config,
+    ))
+
+
+def _upcycle(args: argparse.Namespace) -> None:
+    import torch
+
+    from prism_sglang.checkpoint import load_draft, save_draft
+    from prism_sglang.train.upcycle import upcycle
+
+    source = load_draft(args.source)
+    table = args.table or tuple(range(args.modules))
+    draft = upcycle(source, args.modules, table)
+    save_draft(draft, args.out, dtype=torch.float32 if args.fp32 else torch.bfloat16)
+    print(f"{args.source} ({source.config.num_modules} module(s)) -> {args.out}: {args.modules} modules, "
+          f"table {list(table)}")
+
+
+def _tree(args: argparse.Namespace):
+    from prism_sglang.engine import TreeSettings
+
+    return TreeSettings(args.num_steps, args.topk, args.num_draft_tokens, args.rejection_sampling)
+
+
+def _sampling(args: argparse.Namespace):
+    from prism_sglang.engine import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def _draft_dir(args: argparse.Namespace) -> str | None:
+    if args.no_draft:
+        return None
+    if args.draft is not None:
+        return args.draft
+    from prism_sglang.resources import shipped_draft_dir
+
+    return str(shipped_draft_dir())
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import json
+
+    from prism_sglang.engine.loading import encode_chat, load_engine
+
+    engine = load_engine(_target_dir(args.target), _draft_dir(args), _tree(args))
+    if args.messages:
+        ids = encode_chat(engine.tokenizer, json.loads(args.messages))
+    elif args.raw:
+        ids = engine.tokenizer(args.prompt)["input_ids"]
+    else:
+        ids = encode_chat(engine.tokenizer, [{"role": "user", "content": args.prompt}])
+    generation = engine.start(ids, _sampling(args), speculative=engine.draft is not None)
+    printed = ""
+    for _ in generation.run():
+        text = generation.text
+        print(text[len(printed):], end="", flush=True)
+        printed = text
+    print()
+    stats = generation.stats
+    line = f"[{len(generation.output_ids)} tokens, finish_reason={generation.finish_reason}"
+    if stats.cycles:
+        line += f", cycles={stats.cycles}, tau={stats.tau:.2f}, per-position=" + ",".join(
+            "-" if p is None else f"{p:.2f}" for p in stats.per_position(engine.tree.num_steps))
+    seconds = {k: round(v, 2) for k, v in stats.seconds.items() if v}
+    print(line + f", seconds={seconds}]", file=sys.stderr)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from prism_sglang.engine.loading import load_engine
+    from prism_sglang.evaluate import evaluate, format_table
+
+    engine = load_engine(_target_dir(args.target), _draft_dir(args), _tree(args))
+    if engine.draft is None:
+        raise SystemExit("error: eval measures a draft; give --draft (or use the shipped one)")
+    benches = [b for value in args.bench for b in value.split(",")]
+    report = evaluate(engine, benches, _sampling(args), limit=args.limit, baseline=not args.no_baseline)
+    report["settings"].update(target=args.target or "smollm2", draft=_draft_dir(args))
+    print(format_table(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _add_engine_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--target", default=None, help="HF target folder (default: SmolLM2-135M-Instruct, prepared)")
+    p.add_argument("--draft", default=None, help="draft checkpoint folder (default: the shipped PRISM draft)")
+    p.add_argument("--no-draft", action="store_true", help="target-only decoding")
+    p.add_argument("--num-steps", type=int, default=5, help="draft steps per cycle = tree depth (SGLang's "
+                   "--speculative-num-steps; default 5)")
+    p.add_argument("--topk", type=int, default=1, help="branching per step (--speculative-eagle-topk; default 1)")
+    p.add_argument("--num-draft-tokens", type=int, default=None,
+                   help="tree size incl. the root (--speculative-num-draft-tokens; chains: num-steps + 1)")
+    p.add_argument("--rejection-sampling", action="store_true",
+                   help="chains at T > 0: sample drafts from the draft's distribution and accept with min(1, p/q)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prism-sglang",
@@ -107,6 +248,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.05, help="fraction of prompts held out (default 0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_prepare_data)
+
+    p = sub.add_parser("train", help="train a PRISM (or EAGLE-3: --modules 1) draft on chat JSONL",
+                       description="Online target forward (or --feature-cache) -> training-time test over "
+                       "--ttt-steps draft steps with per-step modules -> per-step soft cross-entropy on assistant "
+                       "tokens -> AdamW. Writes OUT/checkpoints/step-N (resumable), OUT/train_log.jsonl, "
+                       "OUT/final (bf16 draft) and OUT/summary.json.")
+    p.add_argument("--data", required=True, help="chat JSONL (OpenAI or ShareGPT format), e.g. prepare-data's "
+                   "train.jsonl")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--target", default=None, help="HF target folder (default: SmolLM2-135M-Instruct, prepared)")
+    p.add_argument("--modules", type=int, default=2, help="number of modules M (1 = EAGLE-3; default 2)")
+    p.add_argument("--table", type=_int_list, default=None, help="step -> module table, e.g. 0,1 (default 0..M-1)")
+    p.add_argument("--init-from", default=None, help="start from this draft (e.g. an upcycled one)")
+    p.add_argument("--draft-vocab-size", type=int, default=None,
+                   help="most frequent assistant tokens kept in the draft vocabulary (default: full vocabulary)")
+    p.add_argument("--aux-layers", type=_int_list, default=None,
+                   help="target layers feeding the draft (default: EAGLE-3's [1, L/2-1, L-4])")
+    p.add_argument("--ttt-steps", type=int, default=6, help="draft steps unrolled in training (default 6)")
+    p.add_argument("--step-weights", choices=["equal", "decay"], default="equal",
+                   help="per-step loss weights: equal (PRISM) or 0.8^j (EAGLE-3)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-ratio", type=float, default=0.02)
+    p.add_argument("--grad-clip", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--max-length", type=int, default=1024, help="tokens per conversation (longer ones are cut)")
+    p.add_argument("--limit", type=int, default=None, help="use a seeded subset of N conversations")
+    p.add_argument("--feature-cache", default=None,
+                   help="folder for the target's outputs (one forward per example, reused by later runs)")
+    p.add_argument("--skip-contaminated", action="store_true",
+                   help="drop conversations containing evaluation prompts instead of refusing the data")
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("upcycle", help="EAGLE-3 or PRISM draft -> PRISM draft with M modules (copies)")
+    p.add_argument("--from", dest="source", required=True, help="trained draft folder (EAGLE-3 or PRISM)")
+    p.add_argument("--modules", type=int, default=2, help="number of modules (default 2)")
+    p.add_argument("--table", type=_int_list, default=None, help="step -> module table (default 0..M-1)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fp32", action="store_true", help="write float32 weights (default bf16)")
+    p.set_defaults(handler=_upcycle)
+
+    p = sub.add_parser("generate", help="speculative generation with the reference engine (stats on stderr)")
+    p.add_argument("prompt", nargs="?", default="", help="a user message (chat template applied)")
+    p.add_argument("--messages", default=None, help='chat messages as JSON: [{"role": "user", "content": "..."}]')
+    p.add_argument("--raw", action="store_true", help="the prompt is raw text (no chat template)")
+    _add_engine_arguments(p, max_new_tokens=256)
+    p.set_defaults(handler=_generate)
+
+    p = sub.add_parser("eval", help="acceptance (tau, per position) and speed vs target-only on eval benches",
+                       description="Runs MT-bench / HumanEval / GSM8K prompts through speculative and target-only "
+                       "decoding in the same run; prints a table and writes JSON with --out.")
+    p.add_argument("--bench", action="append", required=True, metavar="NAME",
+                   help="mt-bench, humaneval, gsm8k (repeatable or comma-separated)")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts of each bench")
+    p.add_argument("--no-baseline", action="store_true", help="skip target-only decoding (no speed ratio)")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    _add_engine_arguments(p, max_new_tokens=256)
+    p.set_defaults(handler=_eval)
+
+    from prism_sglang.serve.options import DESCRIPTION, EXAMPLES, add_serve_arguments
+
+    p = sub.add_parser("serve", help="CPU OpenAI-compatible server: SmolLM2-135M-Instruct + the shipped PRISM draft",
+                       description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_serve_arguments(p)
+    p.set_defaults(handler=_serve)
     return parser
 
 
