@@ -10,7 +10,7 @@ from prism_sglang.checkpoint import load_draft, save_draft
 from prism_sglang.engine import SamplingParams, SpeculativeEngine, TreeSettings
 from prism_sglang.engine.batch import generate_batch
 from prism_sglang.train.data import Example, collate
-from prism_sglang.train.targets import FeatureCache, dataset_fingerprint, online_batch
+from prism_sglang.train.targets import FeatureCache, online_batch, target_fingerprint
 from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft
 from prism_sglang.train.upcycle import upcycle
 from prism_sglang.train.vocab import build_draft_vocab
@@ -67,12 +67,15 @@ def test_resume_equals_an_uninterrupted_run(predictable_target, tmp_path):
 def test_feature_cache_matches_online_targets(predictable_target, tmp_path):
     examples = _examples(predictable_target, n=10)
     draft = new_draft(predictable_target, 1, (0,), aux_layer_ids=[1, 3, 4])
-    cache = FeatureCache(tmp_path)
-    fingerprint = dataset_fingerprint(examples, "tiny", [1, 3, 4])
-    assert not cache.ready(fingerprint)
-    cache.build(predictable_target, examples, fingerprint, batch_size=3, progress=False)
-    assert cache.ready(fingerprint) and not cache.ready("other")
-    cache.load(predictable_target, draft)
+    cache = FeatureCache(tmp_path, target_fingerprint("tiny", [1, 3, 4]))
+    assert cache.missing(examples) == list(range(10))
+    cache.build(predictable_target, examples[:4], batch_size=3, progress=False)  # a first, smaller run
+    assert cache.missing(examples) == list(range(4, 10))
+    cache.build(predictable_target, examples, batch_size=3, progress=False)  # only the new examples
+    assert cache.missing(examples) == [] and len(list(tmp_path.glob("shard-*"))) == 2
+    with pytest.raises(ValueError, match="caches another target"):
+        FeatureCache(tmp_path, target_fingerprint("other", [1, 3, 4])).missing(examples)
+    cache.load(predictable_target, draft, examples)
     indices = [7, 2, 5]
     ids, attention, _ = collate([examples[i] for i in indices])
     cached = cache.batch(indices, draft, torch.device("cpu"))

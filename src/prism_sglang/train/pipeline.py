@@ -18,7 +18,7 @@ from prism_sglang.data.prompt_sources import ConversationError, iter_conversatio
 from prism_sglang.modeling import PrismDraft
 from prism_sglang.target import TargetModel
 from prism_sglang.train.data import Example, assistant_tokens, tokenize_conversation
-from prism_sglang.train.targets import FeatureCache, dataset_fingerprint
+from prism_sglang.train.targets import FeatureCache, target_fingerprint
 from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft
 from prism_sglang.train.vocab import build_draft_vocab, coverage
 
@@ -123,12 +123,12 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print, progress: bo
     draft = draft.to(job.device)
     cache = None
     if job.feature_cache:
-        cache = FeatureCache(job.feature_cache)
-        fingerprint = dataset_fingerprint(examples, job.target, target.aux_layer_ids)
-        if not cache.ready(fingerprint):
-            log(f"building the target feature cache in {job.feature_cache} (one target forward per example)")
-            cache.build(target, examples, fingerprint, progress=progress)
-        cache.load(target, draft)
+        cache = FeatureCache(job.feature_cache, target_fingerprint(job.target, target.aux_layer_ids))
+        todo = cache.missing(examples)
+        if todo:
+            log(f"caching target outputs of {len(todo)} conversation(s) in {job.feature_cache}")
+            cache.build(target, examples, progress=progress)
+        cache.load(target, draft, examples)
     trainer = Trainer(target, draft, examples, job.config, out, progress=progress, cache=cache)
     state = trainer.run(resume=job.resume)
     save_draft(draft, out / "final", dtype=torch.bfloat16)

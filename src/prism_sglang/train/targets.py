@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -23,7 +24,6 @@ from prism_sglang.target import TargetModel
 from prism_sglang.train.data import Example, collate
 
 CACHE_DTYPE = torch.float16
-SHARD_EXAMPLES = 256
 
 
 @dataclass
@@ -39,67 +39,87 @@ def online_batch(target: TargetModel, draft: PrismDraft, ids: Tensor, attention:
     return TargetBatch(out.features, out.logits[..., draft.draft_to_target].float(), draft.t2d[out.logits.argmax(-1)])
 
 
-def dataset_fingerprint(examples: Sequence[Example], target_dir: str, aux_layer_ids: Sequence[int]) -> str:
-    digest = hashlib.sha256(json.dumps([str(target_dir), list(aux_layer_ids)]).encode())
-    for e in examples:
-        digest.update(json.dumps(e.input_ids).encode())
-    return digest.hexdigest()[:16]
+def example_key(example: Example) -> str:
+    """Cache key of an example: its tokens (so subsets and reruns of the same data share entries)."""
+    return hashlib.sha256(json.dumps(example.input_ids).encode()).hexdigest()[:24]
+
+
+def target_fingerprint(target_dir: str, aux_layer_ids: Sequence[int]) -> str:
+    return hashlib.sha256(json.dumps([str(target_dir), list(aux_layer_ids)]).encode()).hexdigest()[:16]
 
 
 class FeatureCache:
-    """Per-example target outputs on disk (safetensors shards), loaded into memory for training."""
+    """Per-example target outputs on disk (safetensors shards keyed by example content), filled incrementally
+    and loaded into memory for training. One cache serves one target + aux-layer choice."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, fingerprint: str) -> None:
         self.directory = Path(directory)
-        self._examples: dict[int, dict[str, Tensor]] = {}
+        self.fingerprint = fingerprint
+        self._entries: dict[str, dict[str, Tensor]] = {}
+        self._keys: list[str] = []
         self._head: Tensor | None = None
 
-    def ready(self, fingerprint: str) -> bool:
+    def _stored_keys(self) -> set[str]:
         meta = self.directory / "meta.json"
-        return meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fingerprint
+        if not meta.is_file():
+            return set()
+        stored = json.loads(meta.read_text())
+        if stored.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"{self.directory} caches another target or aux layers ({stored.get('fingerprint')} "
+                             f"!= {self.fingerprint}); use another --feature-cache folder")
+        return set(stored["keys"])
+
+    def missing(self, examples: Sequence[Example]) -> list[int]:
+        stored = self._stored_keys()
+        return [i for i, e in enumerate(examples) if example_key(e) not in stored]
 
     @torch.no_grad()
-    def build(self, target: TargetModel, examples: Sequence[Example], fingerprint: str, batch_size: int = 8,
+    def build(self, target: TargetModel, examples: Sequence[Example], batch_size: int = 8,
               progress: bool = True) -> None:
-        """One target forward per example (similar lengths batched together), written in shards."""
+        """One target forward per example not yet cached (similar lengths batched), appended as a new shard."""
+        todo = self.missing(examples)
+        if not todo:
+            return
+        stored = self._stored_keys()
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob("*.safetensors"):
-            stale.unlink()
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+        order = sorted(todo, key=lambda i: len(examples[i].input_ids))
         shard: dict[str, Tensor] = {}
-        shard_index = 0
-        with tqdm(total=len(examples), disable=not progress, desc="target features", unit="ex") as bar:
+        with tqdm(total=len(order), disable=not progress, desc="target features", unit="ex") as bar:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 ids, attention, _ = collate([examples[i] for i in chunk])
                 out = target.forward(ids, attention_mask=attention.long(), final_hidden=True)
                 for row, i in enumerate(chunk):
-                    n = len(examples[i].input_ids)
-                    shard[f"{i}.features"] = out.features[row, :n].to(CACHE_DTYPE).contiguous()
-                    shard[f"{i}.hidden"] = out.final_hidden[row, :n].to(CACHE_DTYPE).contiguous()
-                    shard[f"{i}.top"] = out.logits[row, :n].argmax(-1).to(torch.int32).contiguous()
+                    n, key = len(examples[i].input_ids), example_key(examples[i])
+                    shard[f"{key}.features"] = out.features[row, :n].to(CACHE_DTYPE).contiguous()
+                    shard[f"{key}.hidden"] = out.final_hidden[row, :n].to(CACHE_DTYPE).contiguous()
+                    shard[f"{key}.top"] = out.logits[row, :n].argmax(-1).to(torch.int32).contiguous()
+                    stored.add(key)
                 bar.update(len(chunk))
-                if len(shard) >= 3 * SHARD_EXAMPLES:
-                    save_file(shard, str(self.directory / f"shard-{shard_index:04d}.safetensors"))
-                    shard, shard_index = {}, shard_index + 1
-        if shard:
-            save_file(shard, str(self.directory / f"shard-{shard_index:04d}.safetensors"))
-        (self.directory / "meta.json").write_text(json.dumps({
-            "fingerprint": fingerprint, "examples": len(examples), "dtype": str(CACHE_DTYPE),
-        }, indent=2) + "\n")
+        index = len(list(self.directory.glob("shard-*.safetensors")))
+        save_file(shard, str(self.directory / f"shard-{index:04d}.safetensors"))
+        (self.directory / "meta.json").write_text(json.dumps(
+            {"fingerprint": self.fingerprint, "dtype": str(CACHE_DTYPE), "keys": sorted(stored)}) + "\n")
 
-    def load(self, target: TargetModel, draft: PrismDraft) -> None:
-        """Read every shard into memory and keep the target's output rows of the draft vocabulary."""
-        self._examples = {}
+    def load(self, target: TargetModel, draft: PrismDraft, examples: Sequence[Example]) -> None:
+        """Read the entries of `examples` into memory and keep the target's output rows of the draft vocabulary."""
+        self._keys = [example_key(e) for e in examples]
+        wanted = set(self._keys)
+        self._entries = {}
         for shard in sorted(self.directory.glob("shard-*.safetensors")):
-            for key, tensor in load_file(str(shard)).items():
-                index, name = key.split(".")
-                self._examples.setdefault(int(index), {})[name] = tensor
+            with safe_open(str(shard), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                    key, field_name = name.split(".")
+                    if key in wanted:
+                        self._entries.setdefault(key, {})[field_name] = f.get_tensor(name)
+        missing = wanted - set(self._entries)
+        if missing:
+            raise ValueError(f"{self.directory}: {len(missing)} example(s) not cached; build the cache first")
         self._head = target.model.get_output_embeddings().weight[draft.draft_to_target].detach().float()
 
     def batch(self, indices: Sequence[int], draft: PrismDraft, device: torch.device) -> TargetBatch:
-        """The cached target outputs of `indices`, right-padded like `collate` pads the tokens."""
-        rows = [self._examples[i] for i in indices]
+        """The cached target outputs of examples `indices`, right-padded like `collate` pads the tokens."""
+        rows = [self._entries[self._keys[i]] for i in indices]
         t = max(r["top"].numel() for r in rows)
         features = torch.zeros(len(rows), t, rows[0]["features"].shape[-1])
         hidden = torch.zeros(len(rows), t, rows[0]["hidden"].shape[-1])
