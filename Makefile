@@ -31,11 +31,20 @@ install: $(VENV)/.installed
 
 lint: install
 	$(PY) -m ruff check src tests bench
+	# hadolint and shellcheck come from PyPI wheels in the dev extra (tests/test_launch.py runs them too).
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/shellcheck launch/*.sh launch/examples/*.sh
 
 test: install
 	$(PY) -m prism_sglang.cli prepare-model smollm2
 	$(PY) -m ruff check src tests bench
 	PRISM_REQUIRE_SGLANG=1 $(PY) -m pytest
+
+# The embedded CPU server: SmolLM2-135M-Instruct (converted on first use) + the shipped PRISM draft, on
+# $(HOST):$(PORT). More flags through SERVE_ARGS, e.g. make serve SERVE_ARGS=--no-draft (see prism-sglang serve -h).
+serve: install
+	$(PY) -m prism_sglang.cli prepare-model smollm2
+	$(PY) -m prism_sglang.cli serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

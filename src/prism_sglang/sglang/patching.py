@@ -1,5 +1,8 @@
 """Apply or verify `patches/sglang-0.5.17/*.patch` on an sglang tree (`prism-sglang patch-sglang [--check]`).
 
+The patches are package data (src/prism_sglang/sglang/patches/, listed in pyproject's package-data), so an
+installed wheel applies them as a source checkout does: the Docker image installs the wheel, then patches.
+
 Never imports sglang: the package is located with `importlib.util.find_spec` (or `--sglang-root`, the
 directory that contains `sglang/`, or a git checkout whose `python/` does), and its version is read from the
 generated `sglang/_version.py` (else from the installed distribution's metadata). Any other version than
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from prism_sglang.sglang import SGLANG_VERSION
 
-PATCHES_DIR = Path(__file__).resolve().parents[3] / "patches" / f"sglang-{SGLANG_VERSION}"
+PATCHES_DIR = Path(__file__).resolve().parent / "patches" / f"sglang-{SGLANG_VERSION}"
 _VERSION_RE = re.compile(r"""^__version__\s*=[^'"\n]*['"]([^'"]+)['"]""", re.MULTILINE)
 
 
@@ -108,7 +111,7 @@ def require_pinned(tree: SglangTree) -> None:
 def patch_files(patches_dir: Path = PATCHES_DIR) -> list[Path]:
     patches = sorted(patches_dir.glob("*.patch"))
     if not patches:
-        raise PatchError(f"no *.patch files in {patches_dir} (they ship with the prism-sglang source tree)")
+        raise PatchError(f"no *.patch files in {patches_dir} (package data of prism_sglang: reinstall it)")
     return patches
 
 
