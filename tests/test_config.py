@@ -108,3 +108,17 @@ def test_strict_step_table():
         strict.check_num_steps(3)
     with pytest.raises(ConfigError, match="'prism_strict_steps' must be true or false"):
         PrismConfig.from_dict({**BASE, "prism_strict_steps": "yes"})
+
+
+def test_one_module_drafts_are_written_as_eagle3(tmp_path):
+    eagle3 = PrismConfig.from_dict({**BASE, "prism_num_modules": 1, "prism_step_modules": [0, 0, 0]})
+    d = eagle3.to_dict()
+    assert d["architectures"] == ["LlamaForCausalLMEagle3"]
+    assert "prism_num_modules" not in d and "prism_step_modules" not in d and d["num_hidden_layers"] == 1
+    first = eagle3.save(tmp_path / "a").read_bytes()
+    again = PrismConfig.load(tmp_path / "a")
+    assert again == eagle3 and again.step_modules == (0,)
+    assert again.save(tmp_path / "b").read_bytes() == first
+    strict = PrismConfig.from_dict({**BASE, "prism_num_modules": 1, "prism_step_modules": [0],
+                                    "prism_strict_steps": True})
+    assert strict.to_dict()["architectures"] == ["LlamaForCausalLMPrism"]

@@ -63,6 +63,8 @@ class PrismConfig:
         canonical = {"rope_type": rope.get("rope_type", "default"), "rope_theta": float(rope["rope_theta"])}
         canonical.update({k: rope[k] for k in sorted(rope) if k not in canonical})
         object.__setattr__(self, "rope_parameters", canonical)
+        if self.num_modules == 1:  # every table of a one-module draft means the same thing
+            object.__setattr__(self, "step_modules", (0,))
 
     # -- step routing ------------------------------------------------------------------------------------
     def module_for_step(self, step: int) -> int:
@@ -94,10 +96,16 @@ class PrismConfig:
         return len(self.aux_layer_ids) if self.aux_layer_ids is not None else 3
 
     # -- serialisation -----------------------------------------------------------------------------------
+    @property
+    def writes_as_eagle3(self) -> bool:
+        """A one-module draft is written as a standard EAGLE-3 checkpoint (stock SGLang EAGLE3 and SpecForge
+        read it); only a strict table needs the PRISM fields."""
+        return self.num_modules == 1 and not self.strict_steps
+
     def to_dict(self) -> dict[str, Any]:
         """The HF `config.json` of DESIGN §1, readable by SGLang's Llama EAGLE-3 machinery."""
         d: dict[str, Any] = {
-            "architectures": [PRISM_ARCHITECTURE],
+            "architectures": [EAGLE3_ARCHITECTURES[0] if self.writes_as_eagle3 else PRISM_ARCHITECTURE],
             "model_type": "llama",
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -114,10 +122,11 @@ class PrismConfig:
             "tie_word_embeddings": False,
             # One KV layer: every module shares it. SGLang sizes the draft KV pool from this field.
             "num_hidden_layers": 1,
-            "prism_num_modules": self.num_modules,
-            "prism_step_modules": list(self.step_modules),
             "torch_dtype": self.torch_dtype,
         }
+        if not self.writes_as_eagle3:
+            d["prism_num_modules"] = self.num_modules
+            d["prism_step_modules"] = list(self.step_modules)
         if self.aux_layer_ids is not None:
             d["eagle_config"] = {
                 "eagle_aux_hidden_state_layer_ids": list(self.aux_layer_ids),
