@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 RUN=${RUN:-runs/smollm2}
 DEVICE=${DEVICE:-auto}
-PROMPTS=${PROMPTS:-"--source sharegpt=700 --source openai-evals=500 --source python-docs=300 --source chatterbot=200"}
-SIZES=${SIZES:-"250 500 1000"}           # conversations; each size doubles the last
+PROMPTS=${PROMPTS:-"--source sharegpt=450 --source openai-evals=350 --source python-docs=200 --source chatterbot=100"}
+SIZES=${SIZES:-"225 450 900"}           # conversations; each size doubles the last
 EPOCHS=${EPOCHS:-1}
 VOCAB=${VOCAB:-8192}                     # draft vocabulary (keeps the shipped PRISM draft under 40 MB in bf16)
 TTT=${TTT:-6}                            # draft steps unrolled in training (covers trees of depth 6)
@@ -35,7 +35,7 @@ data="$RUN/data/train.jsonl"
 
 echo "== 1. self-distilled data"
 # shellcheck disable=SC2086  # PROMPTS is a list of options
-prism prepare-data --out "$RUN/data" $PROMPTS --max-new-tokens 160 --max-prompt-tokens 384 --max-turns 2 \
+prism prepare-data --out "$RUN/data" $PROMPTS --max-new-tokens 160 --max-prompt-tokens 320 --max-turns 1 \
   --temperature 0.8 --batch-size 16
 
 train() {  # train NAME MODULES TABLE SIZE [extra train options]
