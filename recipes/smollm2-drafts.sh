@@ -4,10 +4,10 @@
 #   2. a data-scaling series: EAGLE-3 (M = 1) and PRISM (M = 2, table 0,1) on the same data and the same budget
 #      (same conversations, epochs, batch size, learning rate, loss weights: same optimizer steps and tokens) at
 #      each size, so the module count is the only difference
-#   3. PRISM upcycled from the largest EAGLE-3 run (the paper's initialisation) and fine-tuned (extra compute
+#   3. the largest PRISM and EAGLE-3 drafts copied into the package as the shipped drafts
+#   4. PRISM upcycled from the largest EAGLE-3 run (the paper's initialisation) and fine-tuned (extra compute
 #      reported in its summary.json)
-#   4. `prism-sglang eval` of every draft; the largest pair also at T = 0 and 1, tree (6, 4, 16) and chain (5, 1)
-#   5. the largest PRISM and EAGLE-3 drafts copied into the package as the shipped drafts
+#   5. `prism-sglang eval` of every draft; the largest pair also at T = 0 and 1, tree (6, 4, 16) and chain (5, 1)
 # Every step is resumable: rerun the script after an interruption and finished steps are skipped.
 # The defaults are CPU-scale (a 2-core machine: hours). On a GPU host set DEVICE=cuda and raise PROMPTS, SIZES,
 # EPOCHS and EVAL_LIMIT (e.g. SIZES="2000 4000 8000").
@@ -53,7 +53,17 @@ for size in $SIZES; do
   train "prism-$size" 2 0,1 "$size" --epochs "$EPOCHS" --lr "$LR"
 done
 
-echo "== 3. PRISM upcycled from EAGLE-3 ($largest conversations) + fine-tune"
+echo "== 3. shipped drafts (before the long evaluations, so an interrupted run still ships)"
+for pair in "prism:smollm2-prism" "eagle3:smollm2-eagle3"; do
+  arch=${pair%%:*} shipped=${pair##*:}
+  rm -rf "src/prism_sglang/drafts/$shipped"
+  mkdir -p "src/prism_sglang/drafts/$shipped"
+  cp "$RUN/$arch-$largest/final/config.json" "$RUN/$arch-$largest/final/model.safetensors" \
+    "src/prism_sglang/drafts/$shipped/"
+done
+du -sh src/prism_sglang/drafts/*
+
+echo "== 4. PRISM upcycled from EAGLE-3 ($largest conversations) + fine-tune"
 if [[ ! -f "$RUN/prism-upcycled-init/config.json" ]]; then
   prism upcycle --from "$RUN/eagle3-$largest/final" --modules 2 --table 0,1 --out "$RUN/prism-upcycled-init" --fp32
 fi
@@ -68,7 +78,7 @@ evaluate() {  # evaluate DRAFT OUT [eval options]
     --draft "$draft" --out "$out" "$@"
 }
 
-echo "== 4. evaluations"
+echo "== 5. evaluations"
 mkdir -p "$RUN/eval"
 for size in $SIZES; do
   for arch in eagle3 prism; do
@@ -89,12 +99,3 @@ for arch in eagle3 prism prism-upcycled; do
   done
 done
 
-echo "== 5. shipped drafts"
-for pair in "prism:smollm2-prism" "eagle3:smollm2-eagle3"; do
-  arch=${pair%%:*} shipped=${pair##*:}
-  rm -rf "src/prism_sglang/drafts/$shipped"
-  mkdir -p "src/prism_sglang/drafts/$shipped"
-  cp "$RUN/$arch-$largest/final/config.json" "$RUN/$arch-$largest/final/model.safetensors" \
-    "src/prism_sglang/drafts/$shipped/"
-done
-du -sh src/prism_sglang/drafts/*

@@ -1,0 +1,461 @@
+"""How much faster is the server, at a given load, with PRISM than with EAGLE-3 and than without speculation?
+
+For each configuration (no speculation, EAGLE-3 draft, PRISM draft; identical tree settings) this starts a
+server, drives sglang.benchmark.serving over MT-bench, GSM8K and HumanEval prompts at each concurrency and
+temperature, probes per-position acceptance, stops the server, and writes serving.json (schema-checked),
+report.md and plots to bench/results/<date>-<device>/. `python bench/serving.py --help` explains the flags.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as `python bench/serving.py`: import the `bench` package from the repository root, and keep this
+    # folder off sys.path (its module names would shadow top-level ones).
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench import report
+from bench.acceptance import conditional_acceptance, merge_histograms, run_acceptance, tau_from_histogram
+from bench.common import (
+    RESULTS_ROOT,
+    BenchError,
+    add_torchvision_stub,
+    default_results_dir,
+    device_label,
+    free_port,
+    host_info,
+    load_average,
+    now_iso,
+    relative,
+    require_free_port,
+    require_packages,
+    script_main,
+    slug,
+    write_json,
+)
+from bench.launch import (
+    BACKEND_SERVERS,
+    Config,
+    Tree,
+    check_draft_dir,
+    check_sglang_for_prism,
+    configurations,
+    cpu_command,
+    draft_summary,
+    make_random_drafts,
+    resolve_backend_server,
+    sglang_command,
+)
+from bench.prompts import BENCHES, BenchPrompts, load_prompts, write_custom_dataset
+from bench.server import ServerProcess, ServerSpec
+
+CONFIG_NAMES = ("none", "eagle3", "prism")
+
+EPILOG = """\
+examples:
+  # CPU server (prism-sglang serve), SmolLM2-135M-Instruct and untrained drafts: the cost of speculation only
+  python bench/serving.py --backend-server cpu --random-drafts --num-prompts 4 --max-tokens 64 \\
+      --concurrency 1 2 --temperature 0 1
+  # GPU host with sglang 0.5.17 (patched for PRISM): the paper's 6/4/16 tree, concurrency 1..64
+  python bench/serving.py --target /models/Llama-3.1-8B-Instruct --eagle3-draft D1 --prism-draft D2 \\
+      --server-args="--dtype bfloat16 --mem-fraction-static 0.8" --eval-json runs/llama31/eval-*.json
+
+Per run it records output tokens/s, requests/s, TTFT/TPOT/ITL/E2E percentiles (sglang.benchmark.serving's
+own figures), the run's acceptance length from each request's meta_info (sum of output tokens / sum of
+verification cycles, never /server_info) and peak memory; per configuration, bench and temperature, the
+conditional acceptance at each draft position from a probe pass (spec_correct_drafts_histogram)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python bench/serving.py", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = p.add_argument_group("servers")
+    s.add_argument("--backend-server", choices=BACKEND_SERVERS, default="auto",
+                   help="sglang: python -m sglang.launch_server; cpu: prism-sglang serve (the reference engine); "
+                        "auto (default): sglang where CUDA is available, else cpu")
+    s.add_argument("--target", metavar="DIR", default=None,
+                   help="target model folder (default: SmolLM2-135M-Instruct, prepared on first use)")
+    s.add_argument("--eagle3-draft", metavar="DIR", type=Path, default=None,
+                   help="EAGLE-3 draft (default with the default target: the shipped smollm2-eagle3)")
+    s.add_argument("--prism-draft", metavar="DIR", type=Path, default=None,
+                   help="PRISM draft (default with the default target: the shipped smollm2-prism)")
+    s.add_argument("--random-drafts", action="store_true",
+                   help="use untrained EAGLE-3 and PRISM drafts made for the target: acceptance near zero, so the "
+                        "results show the overhead of speculation only")
+    s.add_argument("--random-draft-vocab", metavar="N", type=int, default=8192,
+                   help="draft vocabulary of --random-drafts (default: 8192, as the shipped SmolLM2 drafts)")
+    s.add_argument("--configs", metavar="NAME", nargs="+", choices=CONFIG_NAMES, default=list(CONFIG_NAMES),
+                   help="configurations to run, in this order (default: none eagle3 prism)")
+    s.add_argument("--num-steps", metavar="N", type=int, default=6, help="draft steps per cycle (default: 6)")
+    s.add_argument("--topk", metavar="K", type=int, default=4, help="branches per draft step (default: 4)")
+    s.add_argument("--num-draft-tokens", metavar="N", type=int, default=None,
+                   help="tokens verified per cycle, root included (default: 16; num-steps + 1 with --topk 1)")
+    s.add_argument("--host", default="127.0.0.1", help="address the servers bind (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, default=0, help="server port; 0 (default) = a free one for each server")
+    s.add_argument("--startup-timeout", metavar="SECONDS", type=float, default=900.0,
+                   help="how long a server may take to answer /health (default: 900)")
+    s.add_argument("--server-args", metavar="'ARGS'", default="",
+                   help="more sglang.launch_server flags for every configuration, one string, given with '=' "
+                        "(--server-args='--attention-backend triton --mem-fraction-static 0.7')")
+    s.add_argument("--sglang-python", metavar="PYTHON", default=sys.executable,
+                   help="Python that runs sglang.launch_server (default: this one)")
+    s.add_argument("--server-threads", metavar="N", type=int, default=1,
+                   help="torch threads of the CPU server (default: 1)")
+
+    load = p.add_argument_group("load")
+    load.add_argument("--benches", metavar="NAME", nargs="+", choices=BENCHES, default=list(BENCHES),
+                      help="prompt sets (default: mt-bench gsm8k humaneval; MT-bench: first turns)")
+    load.add_argument("--num-prompts", metavar="N", type=int, default=80,
+                      help="distinct prompts per bench, the first N of each set (default: 80)")
+    load.add_argument("--requests-per-slot", metavar="K", type=int, default=2,
+                      help="at concurrency c a run sends max(num-prompts, K * c) requests, repeating prompts, "
+                           "so that every slot stays busy (default: 2)")
+    load.add_argument("--max-tokens", metavar="N", type=int, default=256,
+                      help="output tokens per request; EOS is ignored, so every request makes exactly N (default: "
+                           "256; at least 4, sglang's custom dataset refuses fewer)")
+    load.add_argument("--concurrency", metavar="C", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64],
+                      help="requests in flight (default: 1 2 4 8 16 32 64)")
+    load.add_argument("--temperature", metavar="T", type=float, nargs="+", default=[0.0, 1.0],
+                      help="sampling temperatures (default: 0 1)")
+    load.add_argument("--warmup-requests", metavar="N", type=int, default=1,
+                      help="unmeasured requests before each run (default: 1)")
+    load.add_argument("--seed", type=int, default=0, help="request order seed of sglang.benchmark.serving")
+
+    probe = p.add_argument_group("per-position acceptance probe")
+    probe.add_argument("--probe-prompts", metavar="N", type=int, default=10,
+                       help="prompts per bench sent once each, not streamed, to read spec_correct_drafts_histogram "
+                            "(default: 10; 0 = no probe)")
+    probe.add_argument("--probe-max-tokens", metavar="N", type=int, default=None,
+                       help="output tokens per probe request (default: --max-tokens)")
+    probe.add_argument("--probe-concurrency", metavar="C", type=int, default=8, help="(default: 8)")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", type=Path, default=None,
+                     help="results folder (default: bench/results/<date>-<device>/; serving.json there is replaced)")
+    out.add_argument("--eval-json", metavar="FILE", type=Path, nargs="+", default=[],
+                     help="`prism-sglang eval --out` files to fold into report.md (offline acceptance)")
+    args = p.parse_args(argv)
+    _check_numbers(p, args)
+    return args
+
+
+def _check_numbers(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    positive = {"--num-prompts": args.num_prompts, "--requests-per-slot": args.requests_per_slot,
+                "--server-threads": args.server_threads, "--probe-concurrency": args.probe_concurrency,
+                "--random-draft-vocab": args.random_draft_vocab}
+    for flag, value in positive.items():
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
+    if args.max_tokens < 4:
+        p.error(f"--max-tokens must be >= 4 (sglang's custom dataset refuses fewer), got {args.max_tokens}")
+    if min(args.concurrency) < 1:
+        p.error("--concurrency values must be >= 1")
+    if min(args.temperature) < 0:
+        p.error("--temperature values must be >= 0")
+    if args.probe_prompts < 0 or args.warmup_requests < 0:
+        p.error("--probe-prompts and --warmup-requests must be >= 0")
+    if args.random_drafts and (args.eagle3_draft or args.prism_draft):
+        p.error("--random-drafts replaces --eagle3-draft and --prism-draft: give one or the other")
+
+
+# -- set-up ---------------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """Everything resolved before the first server starts (so that mistakes fail in seconds, not hours)."""
+
+    backend: str
+    device: str
+    out: Path
+    target: Path
+    tree: Tree
+    configs: list[Config]
+    prompts: dict[str, BenchPrompts]
+    datasets: dict[tuple[str, int], Path]  # (bench, requests) -> custom-dataset file
+    extra_server_args: list[str]
+
+
+def resolve_target(target: str | None) -> Path:
+    if target is not None:
+        return Path(target)
+    from prism_sglang.prepare_model import prepare_smollm2
+
+    return prepare_smollm2(log=lambda _: None)
+
+
+def resolve_drafts(args: argparse.Namespace, target: Path) -> tuple[Path | None, Path | None]:
+    """--random-drafts, or the given folders, or the shipped SmolLM2 drafts for the default target."""
+    if args.random_drafts:
+        # Git-ignored scratch: the drafts are reproducible from the seed, and too big to keep with results.
+        folder = RESULTS_ROOT / "tmp" / "random-drafts" / f"{slug(target.name)}-v{args.random_draft_vocab}"
+        return make_random_drafts(target, folder, args.random_draft_vocab)
+    eagle3, prism = args.eagle3_draft, args.prism_draft
+    if args.target is None:  # the shipped drafts are made for the default target only
+        from prism_sglang.resources import BASELINE_DRAFT, DEFAULT_DRAFT
+
+        eagle3 = eagle3 or shipped_draft(BASELINE_DRAFT)
+        prism = prism or shipped_draft(DEFAULT_DRAFT)
+    return eagle3, prism
+
+
+def shipped_draft(name: str) -> Path | None:
+    """A draft shipped in the package, or None (check_draft_dir then says what to do if it is needed)."""
+    from prism_sglang.resources import shipped_draft_dir
+
+    try:
+        return shipped_draft_dir(name)
+    except FileNotFoundError:
+        return None
+
+
+def requests_for(args: argparse.Namespace, concurrency: int) -> int:
+    return max(args.num_prompts, args.requests_per_slot * concurrency)
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    backend = resolve_backend_server(args.backend_server)
+    device = device_label() if backend == "sglang" else "cpu"
+    tree = Tree(args.num_steps, args.topk, args.num_draft_tokens or (args.num_steps + 1 if args.topk == 1 else 16))
+    tree.check()
+    target = resolve_target(args.target)
+    if not (target / "config.json").is_file():
+        raise BenchError(f"--target {target}: no config.json there (a local HF model folder is needed)")
+    eagle3, prism = resolve_drafts(args, target)
+    configs = configurations(eagle3.resolve() if eagle3 else None, prism.resolve() if prism else None, args.configs)
+    for config in configs:
+        if config.speculative:
+            check_draft_dir(config)
+    if args.port:
+        require_free_port(args.host, args.port)
+    if backend == "sglang" and any(c.name == "prism" for c in configs):
+        check_sglang_for_prism(args.sglang_python)
+    out = (args.out or default_results_dir(device)).resolve()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    prompts = {bench: load_prompts(bench, args.num_prompts, tokenizer) for bench in args.benches}
+    datasets = {}
+    for bench in args.benches:
+        for count in sorted({requests_for(args, c) for c in args.concurrency}):
+            path = out / "prompts" / f"{bench}-{count}.jsonl"
+            datasets[bench, count] = write_custom_dataset(prompts[bench], count, path)
+    return Setup(backend, device, out, target, tree, configs, prompts, datasets, shlex.split(args.server_args))
+
+
+# -- one configuration ----------------------------------------------------------------------------------------
+def server_spec(args: argparse.Namespace, setup: Setup, config: Config) -> ServerSpec:
+    port = args.port or free_port(args.host)
+    require_free_port(args.host, port)
+    max_running = max(args.concurrency)
+    if setup.backend == "sglang":
+        command = sglang_command(args.sglang_python, str(setup.target), config, setup.tree, args.host, port,
+                                 max_running, setup.extra_server_args)
+    else:
+        command = cpu_command(sys.executable, str(setup.target), config, setup.tree, args.host, port, max_running,
+                              args.server_threads)
+    env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return ServerSpec(config.name, command, args.host, port, setup.out / "logs" / f"server-{config.name}.log", env,
+                      args.startup_timeout)
+
+
+REPORTED_KEYS = ("speculative_algorithm", "speculative_draft_model_path", "speculative_num_steps",
+                 "speculative_eagle_topk", "speculative_num_draft_tokens", "max_running_requests")
+
+
+def check_server(info: dict[str, Any], config: Config, tree: Tree) -> dict[str, Any]:
+    """The server must serve what this configuration claims: the draft (or none) and the exact tree. SGLang can
+    change tree settings while resolving its arguments; a changed tree would make the comparison unfair."""
+    reported = {key: info.get(key) for key in REPORTED_KEYS}
+    if not config.speculative:
+        if reported["speculative_algorithm"]:
+            raise BenchError(f"the 'none' server reports speculative_algorithm={reported['speculative_algorithm']}")
+        return reported
+    wanted = {"speculative_num_steps": tree.num_steps, "speculative_eagle_topk": tree.topk,
+              "speculative_num_draft_tokens": tree.num_draft_tokens}
+    wrong = {k: (reported[k], v) for k, v in wanted.items() if reported[k] is not None and reported[k] != v}
+    if wrong:
+        raise BenchError(f"the '{config.name}' server resolved different tree settings (reported, asked): {wrong}")
+    path = reported["speculative_draft_model_path"]
+    if path is not None and Path(path).resolve() != Path(str(config.draft)).resolve():
+        raise BenchError(f"the '{config.name}' server serves draft {path}, not {config.draft}")
+    return reported
+
+
+def run_record(config: Config, bench: str, temperature: float, concurrency: int, requests: int,
+               result: dict[str, Any], acceptance: dict[str, Any] | None, memory_mib: float,
+               loads: tuple[list[float], list[float]], files: dict[str, str]) -> dict[str, Any]:
+    from bench.loadgen import latency_summary
+
+    failed = sum(1 for e in result.get("errors", []) if e)
+    return {
+        "config": config.name, "bench": bench, "temperature": temperature, "concurrency": concurrency,
+        "requests": requests, "completed": result["completed"], "failed": failed,
+        "duration_s": result["duration"], "output_throughput": result["output_throughput"],
+        "request_throughput": result["request_throughput"], "total_output_tokens": result["total_output_tokens"],
+        "latency_ms": latency_summary(result), "acceptance": acceptance, "peak_memory_mib": memory_mib,
+        "load_average": {"start": loads[0], "end": loads[1]}, **files,
+    }
+
+
+def benchmark_config(args: argparse.Namespace, setup: Setup, serving: Any, config: Config,
+                     server: ServerProcess) -> list[dict[str, Any]]:
+    from bench import loadgen
+
+    runs = []
+    for temperature in args.temperature:
+        for bench in args.benches:
+            for concurrency in args.concurrency:
+                requests = requests_for(args, concurrency)
+                name = f"{bench}-t{temperature:g}-c{concurrency}"
+                spec = loadgen.RunSpec(server.spec.url, setup.datasets[bench, requests], requests, args.max_tokens,
+                                       concurrency, temperature, str(setup.target), args.seed, args.warmup_requests,
+                                       setup.out / "raw" / config.name / f"{name}.jsonl")
+                log = setup.out / "logs" / config.name / f"{name}.log"
+                assert server.memory is not None
+                server.memory.reset_window()
+                start_load = load_average()
+                result, records = loadgen.run(serving, spec, log)
+                if not result["completed"]:  # no figure of such a run means anything: stop and say why
+                    errors = [e for e in result.get("errors", []) if e]
+                    raise BenchError(f"[{config.name}] every request of {name} failed; first error: "
+                                     f"{errors[0][-1500:] if errors else '?'} (see {log})")
+                acceptance = run_acceptance(records) if config.speculative else None
+                files = {"raw_output": relative(spec.raw_output, setup.out), "log": relative(log, setup.out)}
+                runs.append(run_record(config, bench, temperature, concurrency, requests, result, acceptance,
+                                       server.memory.window_peak_mib, (start_load, load_average()), files))
+                _print_run(runs[-1])
+    return runs
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    tau = f", tau {run['acceptance']['tau']:.2f}" if run["acceptance"] else ""
+    failed = f", {run['failed']} FAILED" if run["failed"] else ""
+    print(f"  [{run['config']}] {run['bench']} T={run['temperature']:g} c={run['concurrency']}: "
+          f"{run['output_throughput']:.1f} tok/s{tau}, TTFT p50 {run['latency_ms']['ttft']['median']:.0f} ms, "
+          f"{run['duration_s']:.0f} s{failed}", flush=True)
+
+
+def probe_config(args: argparse.Namespace, setup: Setup, config: Config, url: str) -> list[dict[str, Any]]:
+    """Per-position acceptance: each probe prompt once, not streamed, histograms summed per bench and T."""
+    from bench.native import probe_meta_info
+
+    if not config.speculative or args.probe_prompts == 0:
+        return []
+    max_tokens = args.probe_max_tokens or args.max_tokens
+    rows = []
+    for temperature in args.temperature:
+        for bench in args.benches:
+            texts = setup.prompts[bench].texts[:args.probe_prompts]
+            metas = probe_meta_info(url, texts, temperature, max_tokens, args.probe_concurrency)
+            histogram = merge_histograms(m.get("spec_correct_drafts_histogram") or [] for m in metas)
+            tokens = sum(m.get("completion_tokens", 0) for m in metas)
+            cycles = sum(m.get("spec_verify_ct") or 0 for m in metas)
+            rows.append({
+                "config": config.name, "bench": bench, "temperature": temperature, "prompts": len(texts),
+                "max_tokens": max_tokens, "cycles": sum(histogram), "histogram": histogram,
+                "conditional_acceptance": conditional_acceptance(histogram, setup.tree.num_steps),
+                "tau_cycles": tau_from_histogram(histogram), "tau_meta_info": tokens / cycles if cycles else None,
+            })
+    return rows
+
+
+# -- comparisons ----------------------------------------------------------------------------------------------
+def compare_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Side by side per (bench, temperature, concurrency), from this one invocation's runs: throughput and
+    acceptance of each configuration, speedups over no speculation and PRISM over EAGLE-3."""
+    cells: dict[tuple[str, float, int], dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        cells.setdefault((run["bench"], run["temperature"], run["concurrency"]), {})[run["config"]] = run
+    rows = []
+    for (bench, temperature, concurrency), by_config in cells.items():
+        throughput = {name: r["output_throughput"] for name, r in by_config.items()}
+        tau = {name: r["acceptance"]["tau"] for name, r in by_config.items() if r["acceptance"]}
+        rows.append({"bench": bench, "temperature": temperature, "concurrency": concurrency,
+                     "output_throughput": throughput, "tau": tau,
+                     "speedup_eagle3_vs_none": _ratio(throughput, "eagle3", "none"),
+                     "speedup_prism_vs_none": _ratio(throughput, "prism", "none"),
+                     "prism_vs_eagle3": _ratio(throughput, "prism", "eagle3")})
+    return rows
+
+
+def _ratio(values: dict[str, float], numerator: str, denominator: str) -> float | None:
+    if numerator in values and values.get(denominator):
+        return values[numerator] / values[denominator]
+    return None
+
+
+# -- main -----------------------------------------------------------------------------------------------------
+def settings_record(args: argparse.Namespace, setup: Setup, sent: dict[str, Any],
+                    memory_kind: str | None) -> dict[str, Any]:
+    return {
+        "backend_server": setup.backend, "target": str(setup.target), "tree": setup.tree.to_dict(),
+        "benches": args.benches, "prompts_per_bench": args.num_prompts,
+        "prompt_ids": {b: p.ids for b, p in setup.prompts.items()},
+        "mt_bench_turns": "first turn only (the second needs the model's own first answer)",
+        "requests_per_slot": args.requests_per_slot,
+        "requests_by_concurrency": {str(c): requests_for(args, c) for c in args.concurrency},
+        "max_tokens": args.max_tokens, "ignore_eos": True, "concurrencies": args.concurrency,
+        "temperatures": args.temperature, "request_rate": "inf", "warmup_requests": args.warmup_requests,
+        "seed": args.seed, "sent_sampling_params": sent, "server_args": setup.extra_server_args,
+        "server_threads": args.server_threads if setup.backend == "cpu" else None,
+        "random_drafts": args.random_drafts, "memory_kind": memory_kind,
+        "probe": {"prompts_per_bench": args.probe_prompts, "max_tokens": args.probe_max_tokens or args.max_tokens,
+                  "concurrency": args.probe_concurrency},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    add_torchvision_stub()  # before anything imports transformers (sglang.benchmark.serving needs both)
+    args = parse_args(argv)
+    require_packages()
+    started, start_load = time.monotonic(), load_average()
+    setup = prepare(args)
+    from bench import loadgen
+
+    serving = loadgen.import_serving()
+    sent = {}
+    for temperature in args.temperature:  # fail now, not after an hour, if the request function drops a setting
+        probe_spec = loadgen.RunSpec("http://unused", Path("unused"), 1, args.max_tokens, 1, temperature,
+                                     str(setup.target), args.seed, 0, Path("unused"))
+        sent[f"{temperature:g}"] = loadgen.sent_sampling_params(serving, probe_spec)
+    print(f"benchmarking {[c.name for c in setup.configs]} on {setup.device} ({setup.backend} server), "
+          f"tree {setup.tree.describe()}, results in {setup.out}", flush=True)
+    configs, runs, positions, memory_kind = [], [], [], None
+    for config in setup.configs:
+        spec = server_spec(args, setup, config)
+        print(f"[{config.name}] starting: {' '.join(spec.command)}", flush=True)
+        with ServerProcess(spec) as server:
+            print(f"[{config.name}] ready after {server.startup_seconds} s", flush=True)
+            reported = check_server(server.server_info(), config, setup.tree)
+            runs += benchmark_config(args, setup, serving, config, server)
+            positions += probe_config(args, setup, config, spec.url)
+            assert server.memory is not None
+            memory_kind = server.memory.kind
+            configs.append({"name": config.name, "label": config.label, "algorithm": config.algorithm,
+                            "draft": draft_summary(config.draft), "command": spec.command,
+                            "startup_seconds": server.startup_seconds, "server_reported": reported,
+                            "peak_memory_mib": server.memory.overall_peak_mib,
+                            "log": relative(spec.log, setup.out)})
+    results = {
+        "schema_version": 1, "kind": "serving", "created": now_iso(), "device": setup.device,
+        "command": ["python", "bench/serving.py", *(sys.argv[1:] if argv is None else argv)],
+        "host": host_info(setup.device), "duration_s": round(time.monotonic() - started, 1),
+        "load_average": {"start": start_load, "end": load_average()},
+        "settings": settings_record(args, setup, sent, memory_kind), "configs": configs, "runs": runs,
+        "acceptance_by_position": positions, "comparisons": compare_runs(runs),
+    }
+    path = write_json(setup.out / "serving.json", results, "serving")
+    written = report.write_report(setup.out, eval_json=args.eval_json)
+    print(f"wrote {path}, {written}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(script_main(main))
