@@ -320,7 +320,8 @@ def offline_section(reports: list[tuple[str, dict[str, Any]]]) -> str:
     lines = ["## Offline acceptance (`prism-sglang eval`, reference engine)", "",
              "Each file's settings and per-bench results as written by `prism-sglang eval --out`: τ is the mean "
              "over requests with its 95% interval, per-position acceptance is conditional as above, and the "
-             "speedup is speculative vs target-only decoding of the reference engine in the same run.", ""]
+             "speedup is speculative vs target-only decoding of the reference engine in the same run.", "",
+             offline_summary(reports), ""]
     for name, data in reports:
         s = data["settings"]
         lines += [f"### {name}", "",
@@ -336,6 +337,25 @@ def offline_section(reports: list[tuple[str, dict[str, Any]]]) -> str:
                          ratio_fmt(r.get("speedup"))])
         lines += [table(["bench", "requests", "τ (95% CI)", "per-position acceptance", "speedup"], rows), ""]
     return "\n".join(lines)
+
+
+def _draft_name(path: str) -> str:
+    """runs/smollm2/prism-800/final -> prism-800 (a training run's name); other folders by their own name."""
+    folder = Path(path)
+    return folder.parent.name if folder.name == "final" else folder.name
+
+
+def offline_summary(reports: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per file: mean τ per bench side by side (the data-scaling and EAGLE-3 vs PRISM comparisons)."""
+    benches = sorted({bench for _, data in reports for bench in data["benches"]})
+    rows = []
+    for name, data in reports:
+        s = data["settings"]
+        taus = [fmt(data["benches"][b]["tau"]["mean"]) if b in data["benches"] else "–" for b in benches]
+        rows.append([name, f"`{_draft_name(str(s.get('draft')))}`", str(s.get("draft_modules")),
+                     f"{s.get('num_steps')}/{s.get('topk')}/{s.get('num_draft_tokens')}", fmt(s.get("temperature"), 1),
+                     *taus, fmt(data["all"]["tau"]["mean"]), ratio_fmt(data["all"].get("speedup"))])
+    return table(["file", "draft", "modules", "tree", "T", *(f"τ {b}" for b in benches), "τ all", "speedup"], rows)
 
 
 # -- simulated ------------------------------------------------------------------------------------------------

@@ -125,6 +125,7 @@ class TestFullRun:
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert f"({name})" in report
         assert (out / "offline-eval" / "eval-prism.json").is_file()
+        assert "| eval-prism.json | `prism` | 2 |" in report  # the offline summary row: draft and its modules
 
     def test_no_server_outlives_the_harness(self, finished):
         assert finished["leftovers"] == []
