@@ -26,8 +26,20 @@ LOAD = ["--num-prompts", "2", "--max-tokens", "8", "--concurrency", "1", "2", "-
 
 
 def harness(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "bench/serving.py", "--backend-server", "cpu", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    process = subprocess.Popen([sys.executable, "bench/serving.py", "--backend-server", "cpu", *args], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Ctrl-C, not a kill: the harness then stops its servers, which a killed harness would leave running
+        # (and every later test here would count them as leftovers).
+        process.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        finally:
+            process.kill()
+        pytest.fail(f"bench/serving.py ran over {timeout} s and was interrupted:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
