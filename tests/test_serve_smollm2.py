@@ -1,4 +1,4 @@
-"""`prism-sglang serve` as `make serve` runs it: its defaults, i.e. SmolLM2-135M-Instruct and the shipped PRISM draft."""
+"""`prism-sglang serve` as `make serve` runs it: SmolLM2-135M-Instruct and the shipped PRISM draft."""
 
 from __future__ import annotations
 
