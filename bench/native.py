@@ -1,6 +1,6 @@
 """Small clients of SGLang's native POST /generate: the acceptance probe (non-streaming, reads each request's
-final `meta_info`) and the closed-loop streaming load of the simulated benchmark (token ids in and out, so
-the server can run with --skip-tokenizer-init)."""
+final `meta_info`), the greedy outputs of the lossless check, and the closed-loop streaming load of the
+simulated benchmark (token ids in and out, so the server can run with --skip-tokenizer-init)."""
 
 from __future__ import annotations
 
@@ -34,16 +34,15 @@ async def _bounded(concurrency: int, jobs: Sequence[Any]) -> list[Any]:
     return await asyncio.gather(*(one(job) for job in jobs))
 
 
-# -- acceptance probe -----------------------------------------------------------------------------------------
-async def _probe(base_url: str, texts: Sequence[str], temperature: float, max_tokens: int,
-                 concurrency: int) -> list[dict[str, Any]]:
+# -- non-streamed requests: acceptance probe, lossless check -----------------------------------------------
+async def _generate_all(base_url: str, texts: Sequence[str], params: dict[str, Any],
+                        concurrency: int) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT) as client:
         async def one(text: str) -> dict[str, Any]:
-            body = {"text": text, "sampling_params": sampling_params(temperature, max_tokens)}
-            response = await client.post("/generate", json=body)
+            response = await client.post("/generate", json={"text": text, "sampling_params": params})
             if response.status_code != 200:
-                raise BenchError(f"probe request failed: HTTP {response.status_code}: {response.text[:300]}")
-            return response.json()["meta_info"]
+                raise BenchError(f"/generate failed: HTTP {response.status_code}: {response.text[:300]}")
+            return response.json()
 
         return await _bounded(concurrency, [one(t) for t in texts])
 
@@ -51,7 +50,17 @@ async def _probe(base_url: str, texts: Sequence[str], temperature: float, max_to
 def probe_meta_info(base_url: str, texts: Sequence[str], temperature: float, max_tokens: int,
                     concurrency: int) -> list[dict[str, Any]]:
     """Each prompt once through /generate (not streamed); the final meta_info of each request."""
-    return asyncio.run(_probe(base_url, texts, temperature, max_tokens, concurrency))
+    params = sampling_params(temperature, max_tokens)
+    return [r["meta_info"] for r in asyncio.run(_generate_all(base_url, texts, params, concurrency))]
+
+
+def generate_greedy(base_url: str, texts: Sequence[str], max_tokens: int,
+                    concurrency: int) -> list[dict[str, Any]]:
+    """Each prompt once, temperature 0, EOS honoured (stopping must match too): {output_ids, meta_info} each, in
+    prompt order."""
+    params = {"temperature": 0.0, "max_new_tokens": max_tokens}
+    responses = asyncio.run(_generate_all(base_url, texts, params, concurrency))
+    return [{"output_ids": list(r["output_ids"]), "meta_info": r["meta_info"]} for r in responses]
 
 
 # -- closed-loop streaming load (simulated benchmark) ---------------------------------------------------------

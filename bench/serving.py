@@ -17,8 +17,10 @@ if __name__ == "__main__" and not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import contextlib
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +76,8 @@ verification cycles, never /server_info) and peak memory; per configuration, ben
 conditional acceptance at each draft position from a probe pass (spec_correct_drafts_histogram)."""
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench/serving.py", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that say which servers to start and how (shared with bench/lossless.py)."""
     s = p.add_argument_group("servers")
     s.add_argument("--backend-server", choices=BACKEND_SERVERS, default="auto",
                    help="sglang: python -m sglang.launch_server; cpu: prism-sglang serve (the reference engine); "
@@ -109,6 +110,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Python that runs sglang.launch_server (default: this one)")
     s.add_argument("--server-threads", metavar="N", type=int, default=1,
                    help="torch threads of the CPU server (default: 1)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python bench/serving.py", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_arguments(p)
 
     load = p.add_argument_group("load")
     load.add_argument("--benches", metavar="NAME", nargs="+", choices=BENCHES, default=list(BENCHES),
@@ -147,10 +154,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_server_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    positive = {"--server-threads": args.server_threads, "--random-draft-vocab": args.random_draft_vocab}
+    for flag, value in positive.items():
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
+    if args.random_drafts and (args.eagle3_draft or args.prism_draft):
+        p.error("--random-drafts replaces --eagle3-draft and --prism-draft: give one or the other")
+
+
 def _check_numbers(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    check_server_arguments(p, args)
     positive = {"--num-prompts": args.num_prompts, "--requests-per-slot": args.requests_per_slot,
-                "--server-threads": args.server_threads, "--probe-concurrency": args.probe_concurrency,
-                "--random-draft-vocab": args.random_draft_vocab}
+                "--probe-concurrency": args.probe_concurrency}
     for flag, value in positive.items():
         if value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
@@ -162,8 +178,6 @@ def _check_numbers(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
         p.error("--temperature values must be >= 0")
     if args.probe_prompts < 0 or args.warmup_requests < 0:
         p.error("--probe-prompts and --warmup-requests must be >= 0")
-    if args.random_drafts and (args.eagle3_draft or args.prism_draft):
-        p.error("--random-drafts replaces --eagle3-draft and --prism-draft: give one or the other")
 
 
 # -- set-up ---------------------------------------------------------------------------------------------------
@@ -219,7 +233,8 @@ def requests_for(args: argparse.Namespace, concurrency: int) -> int:
     return max(args.num_prompts, args.requests_per_slot * concurrency)
 
 
-def prepare(args: argparse.Namespace) -> Setup:
+def prepare_servers(args: argparse.Namespace, config_names: list[str]) -> Setup:
+    """Resolve and check the server flags (add_server_arguments) and load the prompts; no prompt files yet."""
     backend = resolve_backend_server(args.backend_server)
     device = device_label() if backend == "sglang" else "cpu"
     tree = Tree(args.num_steps, args.topk, args.num_draft_tokens or (args.num_steps + 1 if args.topk == 1 else 16))
@@ -228,7 +243,7 @@ def prepare(args: argparse.Namespace) -> Setup:
     if not (target / "config.json").is_file():
         raise BenchError(f"--target {target}: no config.json there (a local HF model folder is needed)")
     eagle3, prism = resolve_drafts(args, target)
-    configs = configurations(eagle3.resolve() if eagle3 else None, prism.resolve() if prism else None, args.configs)
+    configs = configurations(eagle3.resolve() if eagle3 else None, prism.resolve() if prism else None, config_names)
     for config in configs:
         if config.speculative:
             check_draft_dir(config)
@@ -241,19 +256,23 @@ def prepare(args: argparse.Namespace) -> Setup:
 
     tokenizer = AutoTokenizer.from_pretrained(target)
     prompts = {bench: load_prompts(bench, args.num_prompts, tokenizer) for bench in args.benches}
-    datasets = {}
+    return Setup(backend, device, out, target, tree, configs, prompts, {}, shlex.split(args.server_args))
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    setup = prepare_servers(args, args.configs)
     for bench in args.benches:
         for count in sorted({requests_for(args, c) for c in args.concurrency}):
-            path = out / "prompts" / f"{bench}-{count}.jsonl"
-            datasets[bench, count] = write_custom_dataset(prompts[bench], count, path)
-    return Setup(backend, device, out, target, tree, configs, prompts, datasets, shlex.split(args.server_args))
+            path = setup.out / "prompts" / f"{bench}-{count}.jsonl"
+            setup.datasets[bench, count] = write_custom_dataset(setup.prompts[bench], count, path)
+    return setup
 
 
 # -- one configuration ----------------------------------------------------------------------------------------
-def server_spec(args: argparse.Namespace, setup: Setup, config: Config) -> ServerSpec:
+def server_spec(args: argparse.Namespace, setup: Setup, config: Config, max_running: int) -> ServerSpec:
+    """`max_running`: the largest concurrency the server will see (it sizes running requests and queue)."""
     port = args.port or free_port(args.host)
     require_free_port(args.host, port)
-    max_running = max(args.concurrency)
     if setup.backend == "sglang":
         command = sglang_command(args.sglang_python, str(setup.target), config, setup.tree, args.host, port,
                                  max_running, setup.extra_server_args)
@@ -263,6 +282,25 @@ def server_spec(args: argparse.Namespace, setup: Setup, config: Config) -> Serve
     env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return ServerSpec(config.name, command, args.host, port, setup.out / "logs" / f"server-{config.name}.log", env,
                       args.startup_timeout)
+
+
+@contextlib.contextmanager
+def start_server(args: argparse.Namespace, setup: Setup, config: Config, max_running: int) -> Iterator[ServerProcess]:
+    """The configuration's server, healthy, for the `with` block; stopped (by PID) when it ends, however."""
+    spec = server_spec(args, setup, config, max_running)
+    print(f"[{config.name}] starting: {' '.join(spec.command)}", flush=True)
+    with ServerProcess(spec) as server:
+        print(f"[{config.name}] ready after {server.startup_seconds} s", flush=True)
+        yield server
+
+
+def config_record(setup: Setup, config: Config, server: ServerProcess, reported: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as results record it (serving.schema.json#/$defs/config)."""
+    assert server.memory is not None
+    return {"name": config.name, "label": config.label, "algorithm": config.algorithm,
+            "draft": draft_summary(config.draft), "command": server.spec.command,
+            "startup_seconds": server.startup_seconds, "server_reported": reported,
+            "peak_memory_mib": server.memory.overall_peak_mib, "log": relative(server.spec.log, setup.out)}
 
 
 REPORTED_KEYS = ("speculative_algorithm", "speculative_draft_model_path", "speculative_num_steps",
@@ -429,20 +467,13 @@ def main(argv: list[str] | None = None) -> int:
           f"tree {setup.tree.describe()}, results in {setup.out}", flush=True)
     configs, runs, positions, memory_kind = [], [], [], None
     for config in setup.configs:
-        spec = server_spec(args, setup, config)
-        print(f"[{config.name}] starting: {' '.join(spec.command)}", flush=True)
-        with ServerProcess(spec) as server:
-            print(f"[{config.name}] ready after {server.startup_seconds} s", flush=True)
+        with start_server(args, setup, config, max(args.concurrency)) as server:
             reported = check_server(server.server_info(), config, setup.tree)
             runs += benchmark_config(args, setup, serving, config, server)
-            positions += probe_config(args, setup, config, spec.url)
+            positions += probe_config(args, setup, config, server.spec.url)
             assert server.memory is not None
             memory_kind = server.memory.kind
-            configs.append({"name": config.name, "label": config.label, "algorithm": config.algorithm,
-                            "draft": draft_summary(config.draft), "command": spec.command,
-                            "startup_seconds": server.startup_seconds, "server_reported": reported,
-                            "peak_memory_mib": server.memory.overall_peak_mib,
-                            "log": relative(spec.log, setup.out)})
+            configs.append(config_record(setup, config, server, reported))
     results = {
         "schema_version": 1, "kind": "serving", "created": now_iso(), "device": setup.device,
         "command": ["python", "bench/serving.py", *(sys.argv[1:] if argv is None else argv)],

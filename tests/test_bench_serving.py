@@ -16,7 +16,7 @@ import pytest
 from bench.common import validate
 from prism_sglang.checkpoint import save_draft
 from prism_sglang.target import TargetModel
-from tests.bench_support import processes_mentioning
+from tests.bench_support import processes_mentioning, run_bench_script
 from tests.conftest import make_draft, make_tiny_target_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,20 +26,7 @@ LOAD = ["--num-prompts", "2", "--max-tokens", "8", "--concurrency", "1", "2", "-
 
 
 def harness(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    process = subprocess.Popen([sys.executable, "bench/serving.py", "--backend-server", "cpu", *args], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # Ctrl-C, not a kill: the harness then stops its servers, which a killed harness would leave running
-        # (and every later test here would count them as leftovers).
-        process.send_signal(signal.SIGINT)
-        try:
-            stdout, stderr = process.communicate(timeout=120)
-        finally:
-            process.kill()
-        pytest.fail(f"bench/serving.py ran over {timeout} s and was interrupted:\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return run_bench_script("bench/serving.py", "--backend-server", "cpu", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
