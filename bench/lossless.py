@@ -35,9 +35,9 @@ from bench.common import (
     write_json,
 )
 from bench.native import generate_greedy
-from bench.prompts import BENCHES
 from bench.serving import (
     Setup,
+    add_benches_argument,
     add_server_arguments,
     check_server,
     check_server_arguments,
@@ -64,8 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_server_arguments(p)
     load = p.add_argument_group("prompts")
-    load.add_argument("--benches", metavar="NAME", nargs="+", choices=BENCHES, default=list(BENCHES),
-                      help="prompt sets (default: mt-bench gsm8k humaneval; MT-bench: first turns)")
+    add_benches_argument(load)
     load.add_argument("--num-prompts", metavar="N", type=int, default=20,
                       help="prompts per bench, the first N of each set (default: 20, i.e. 60 in all)")
     load.add_argument("--max-tokens", metavar="N", type=int, default=256,

@@ -112,14 +112,18 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads of the CPU server (default: 1)")
 
 
+def add_benches_argument(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--benches", metavar="NAME", nargs="+", choices=BENCHES, default=list(BENCHES),
+                       help="prompt sets (default: mt-bench gsm8k humaneval; MT-bench: first turns)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/serving.py", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_server_arguments(p)
 
     load = p.add_argument_group("load")
-    load.add_argument("--benches", metavar="NAME", nargs="+", choices=BENCHES, default=list(BENCHES),
-                      help="prompt sets (default: mt-bench gsm8k humaneval; MT-bench: first turns)")
+    add_benches_argument(load)
     load.add_argument("--num-prompts", metavar="N", type=int, default=80,
                       help="distinct prompts per bench, the first N of each set (default: 80)")
     load.add_argument("--requests-per-slot", metavar="K", type=int, default=2,
