@@ -175,18 +175,23 @@ def relative(path: Path, root: Path) -> str:
 
 
 # -- process life ---------------------------------------------------------------------------------------------
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt, so that `finally` blocks stop the servers as on Ctrl-C (Python's
-    default SIGTERM action would end the process without running them and orphan the server)."""
+def stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt wherever the harness is, so that `finally` blocks stop
+    the servers. Python's default SIGTERM action would end the process without running them and orphan the
+    server. SIGINT gets the handler explicitly because a process started in the background by a non-interactive
+    shell (`cmd &`, nohup, some CI runners) inherits SIGINT as ignored, and Python then installs none: the
+    harness would run on and the Ctrl-C would be lost. (asyncio.run leaves a handler other than Python's own in
+    place, so the interrupt is raised inside sglang.benchmark.serving's event loop too.)"""
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def script_main(main: Any, argv: list[str] | None = None) -> int:
     """Run a script's main: BenchError -> a one-paragraph message and exit status 1; Ctrl-C -> 130."""
-    stop_on_sigterm()
+    stop_on_signals()
     try:
         return int(main(argv) or 0)
     except BenchError as e:
