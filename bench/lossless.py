@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             configs.append(config_record(setup, config, server, reported))
     checks = []
     for name in names[1:]:
-        checks.append({"config": name, **compare(outputs["none"], outputs[name], labels)})
-        c = checks[-1]
+        c = {"config": name, **compare(outputs["none"], outputs[name], labels)}
+        checks.append(c)
         tau = f", tau {c['tau']:.2f}" if c["tau"] else ""
         print(f"[{name}] {c['identical']}/{c['prompts']} outputs identical to no speculation{tau}", flush=True)
         for m in c["mismatches"]:

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO
 
 
 def processes_mentioning(text: str, settle: float = 0.5) -> list[str]:

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import validate
+from bench.common import REPO, validate
 from prism_sglang.checkpoint import save_draft
 from prism_sglang.target import TargetModel
 from tests.bench_support import processes_mentioning, run_bench_script
 from tests.conftest import make_draft, make_tiny_target_dir
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_TREE = ["--num-steps", "3", "--topk", "2", "--num-draft-tokens", "5"]
 LOAD = ["--num-prompts", "2", "--max-tokens", "8", "--concurrency", "1", "2", "--temperature", "0", "1",
         "--probe-prompts", "2"]
