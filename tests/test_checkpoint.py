@@ -4,7 +4,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from prism_sglang.checkpoint import CheckpointError, expected_tensor_shapes, load_draft, save_draft
+from prism_sglang.checkpoint import (
+    CheckpointError,
+    check_target_compatibility,
+    expected_tensor_shapes,
+    load_draft,
+    save_draft,
+)
 from tests.conftest import make_draft
 
 
@@ -104,7 +110,7 @@ def _set(key, value):
     (None, lambda t: t.__setitem__("fc.weight", torch.zeros(32, 64)), "shape mismatch for tensor 'fc.weight'"),
     (None, _del("layers.1.mlp.up_proj.weight"), "missing tensor(s) ['layers.1.mlp.up_proj.weight']"),
     (None, lambda t: t.__setitem__("layers.2.hidden_norm.weight", torch.ones(32)),
-     "unexpected tensor(s) ['layers.2.hidden_norm.weight']"),
+     "unexpected tensor 'layers.2.hidden_norm.weight'"),
     (None, lambda t: t.__setitem__("d2t", torch.full((20,), 60)), "maps draft ids outside the target vocabulary"),
     (_set("target_hidden_size", 64), None, "shape mismatch for tensor 'fc.weight'"),
 ])
@@ -148,3 +154,16 @@ def test_missing_weights_and_folder(tmp_path, tiny_target):
         load_draft(tmp_path)
     with pytest.raises(CheckpointError, match="no config.json"):
         load_draft(tmp_path / "absent")
+
+
+def test_a_multimodal_target_is_checked_by_its_text_config(tiny_target):
+    """SGLang's EAGLE-3 serves targets such as LLaVA, whose sizes live in `text_config`, not at the top level."""
+    from transformers import LlavaConfig
+
+    draft = make_draft(tiny_target)
+    multimodal = LlavaConfig(text_config=tiny_target.config.to_dict())
+    assert not hasattr(multimodal, "hidden_size")
+    assert check_target_compatibility(draft.config, multimodal) == [1, 3, 4]
+    wider = LlavaConfig(text_config={**tiny_target.config.to_dict(), "hidden_size": 64})
+    with pytest.raises(CheckpointError, match="the target's hidden_size is 64"):
+        check_target_compatibility(draft.config, wider)

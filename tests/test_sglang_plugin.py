@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import inspect
 import json
 import logging
 import types
@@ -209,3 +210,27 @@ def test_unpatched_sglang_is_refused(tiny_target_dir, draft_dir, monkeypatch):
     monkeypatch.setattr(prism_model, "ForwardContext", StockForwardContext)
     with pytest.raises(RuntimeError, match="Run `prism-sglang patch-sglang`"):
         server_args(tiny_target_dir, draft_dir, "PRISM")
+
+
+def test_a_half_applied_step_patch_is_refused(tiny_target_dir, draft_dir, monkeypatch):
+    """ForwardContext patched but the draft loop not (eagle_worker_v2.py as 0.5.17 ships it): refused at start."""
+    from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker
+
+    assert prism_model._draft_loop_sets_step()  # the patched install this suite runs on
+    patched = inspect.getsource(EagleDraftWorker.draft_forward)
+    stock = patched.replace("spec_draft_step=i + 1,", "")
+    assert stock != patched
+    monkeypatch.setattr(prism_model.inspect, "getsource", lambda obj: stock)
+    with pytest.raises(RuntimeError, match=r"draft_forward does not set it.*Run `prism-sglang patch-sglang`"):
+        server_args(tiny_target_dir, draft_dir, "PRISM")
+
+
+def test_the_ray_launcher_is_refused(tiny_target_dir, draft_dir):
+    with pytest.raises(ValueError, match="does not run under --use-ray"):
+        server_args(tiny_target_dir, draft_dir, "PRISM", "--use-ray", *STEPS3)
+
+
+def test_a_bad_ragged_verify_mode_fails_the_launch(tiny_target_dir, draft_dir, monkeypatch):
+    monkeypatch.setenv("SGLANG_RAGGED_VERIFY_MODE", "no-such-mode")
+    with pytest.raises(ValueError, match="invalid SGLANG_RAGGED_VERIFY_MODE"):
+        server_args(tiny_target_dir, draft_dir, "PRISM", *STEPS3)

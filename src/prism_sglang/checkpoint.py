@@ -67,27 +67,35 @@ def canonical_tensor_name(name: str, config: PrismConfig) -> str:
 
 def check_tensors(config: PrismConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Raise CheckpointError unless `shapes` (canonical names) is exactly what `config` implies."""
-    expected = expected_tensor_shapes(config)
+    for name, shape in shapes.items():
+        check_tensor_shape(config, name, shape)
+    check_complete(config, shapes.keys())
+
+
+def check_tensor_shape(config: PrismConfig, name: str, shape: tuple[int, ...]) -> None:
+    """Raise CheckpointError unless `config` implies a tensor `name` (canonical) of this shape."""
+    expected = {**expected_tensor_shapes(config), EMBEDDING_NAME: (config.vocab_size, config.hidden_size)}
+    if name not in expected:
+        raise CheckpointError(
+            f"unexpected tensor '{name}'; a draft with prism_num_modules={config.num_modules} has "
+            f"layers.0..layers.{config.num_modules - 1}, fc, norm, lm_head, d2t, t2d (and optionally embed_tokens)"
+        )
+    if tuple(shape) != expected[name]:
+        raise CheckpointError(
+            f"shape mismatch for tensor '{name}': checkpoint has {tuple(shape)}, config.json implies "
+            f"{expected[name]} (hidden_size={config.hidden_size}, target_hidden_size={config.target_hidden_size}, "
+            f"draft_vocab_size={config.draft_vocab_size}, vocab_size={config.vocab_size})"
+        )
+
+
+def check_complete(config: PrismConfig, names: Iterable[str]) -> None:
+    """Raise CheckpointError if a tensor that `config` needs is not among `names` (canonical)."""
     optional = {EMBEDDING_NAME, "t2d"}
     if config.draft_vocab_size == config.vocab_size:
         optional.add("d2t")  # full vocabulary: draft id == target id
-    missing = sorted(set(expected) - set(shapes) - optional)
+    missing = sorted(set(expected_tensor_shapes(config)) - set(names) - optional)
     if missing:
         raise CheckpointError(f"missing tensor(s) {missing} (config.json: prism_num_modules={config.num_modules})")
-    unexpected = sorted(set(shapes) - set(expected) - {EMBEDDING_NAME})
-    if unexpected:
-        raise CheckpointError(
-            f"unexpected tensor(s) {unexpected}; a draft with prism_num_modules={config.num_modules} has "
-            f"layers.0..layers.{config.num_modules - 1}, fc, norm, lm_head, d2t, t2d (and optionally embed_tokens)"
-        )
-    expected[EMBEDDING_NAME] = (config.vocab_size, config.hidden_size)
-    for name, shape in shapes.items():
-        if tuple(shape) != expected[name]:
-            raise CheckpointError(
-                f"shape mismatch for tensor '{name}': checkpoint has {tuple(shape)}, config.json implies "
-                f"{expected[name]} (hidden_size={config.hidden_size}, target_hidden_size={config.target_hidden_size}, "
-                f"draft_vocab_size={config.draft_vocab_size}, vocab_size={config.vocab_size})"
-            )
 
 
 def check_vocab_map(config: PrismConfig, d2t: Tensor | None, t2d: Tensor | None) -> Tensor:
@@ -115,7 +123,10 @@ def check_embedding(config: PrismConfig, has_embedding: bool) -> None:
 
 
 def check_target_compatibility(config: PrismConfig, target_config: Any) -> list[int]:
-    """Check the draft against a target's HF config; returns the resolved aux layer ids."""
+    """Check the draft against a target's HF config; returns the resolved aux layer ids. A multimodal target
+    keeps its language model's sizes in a sub-config (`text_config`), which `get_text_config()` returns."""
+    if hasattr(target_config, "get_text_config"):
+        target_config = target_config.get_text_config(decoder=True)
     if config.target_hidden_size != target_config.hidden_size:
         raise CheckpointError(
             f"draft field 'target_hidden_size' is {config.target_hidden_size}, but the target's hidden_size is "
@@ -134,17 +145,30 @@ def check_target_compatibility(config: PrismConfig, target_config: Any) -> list[
 
 def collect_tensors(config: PrismConfig, named_tensors: Iterable[tuple[str, Tensor]]) -> dict[str, Tensor]:
     """Every checkpoint tensor under its canonical name, validated against `config` (names, count, shapes,
-    vocabulary map, embedding). The one validation path of both our loader and the SGLang model's."""
-    tensors: dict[str, Tensor] = {}
+    vocabulary map, embedding) before any is returned."""
+    return dict(validated_tensors(config, named_tensors))
+
+
+def validated_tensors(config: PrismConfig, named_tensors: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
+    """Each checkpoint tensor under its canonical name, handed on as soon as its name and shape are checked; the
+    checks of the whole set (nothing missing, vocabulary map, embedding) run when the input ends. The one
+    validation path of our loader and the SGLang model's. Streaming matters to the latter: some of SGLang's
+    weight iterators (`--load-format fastsafetensors`) free a file's buffers once they move past it, so a
+    tensor must be copied before the next one is read."""
+    names: set[str] = set()
+    vocab_maps: dict[str, Tensor] = {}
     for name, tensor in named_tensors:
         key = canonical_tensor_name(name, config)
-        if key in tensors:
+        if key in names:
             raise CheckpointError(f"tensor '{key}' appears twice ({name})")
-        tensors[key] = tensor
-    check_tensors(config, {k: tuple(v.shape) for k, v in tensors.items()})
-    check_vocab_map(config, tensors.get("d2t"), tensors.get("t2d"))
-    check_embedding(config, EMBEDDING_NAME in tensors)
-    return tensors
+        check_tensor_shape(config, key, tuple(tensor.shape))
+        names.add(key)
+        if key in ("d2t", "t2d"):
+            vocab_maps[key] = tensor.detach().to("cpu", copy=True)  # tiny; checked once both are in
+        yield key, tensor
+    check_complete(config, names)
+    check_vocab_map(config, vocab_maps.get("d2t"), vocab_maps.get("t2d"))
+    check_embedding(config, EMBEDDING_NAME in names)
 
 
 def weight_files(directory: Path) -> list[Path]:

@@ -12,6 +12,7 @@ one module that the step -> module table names for the current draft step. The s
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,7 +26,7 @@ from sglang.srt.speculative.adaptive_spec_params import resolve_candidate_steps_
 from sglang.srt.utils import add_prefix
 from transformers import PretrainedConfig
 
-from prism_sglang.checkpoint import CheckpointError, collect_tensors
+from prism_sglang.checkpoint import CheckpointError, validated_tensors
 from prism_sglang.config import ConfigError, PrismConfig
 
 # EAGLE-3 variants SGLang's draft class can build but the PRISM format (DESIGN §1) and the reference model
@@ -34,13 +35,29 @@ UNSUPPORTED_FLAGS = ("norm_before_fc", "fc_norm", "use_aux_norm", "norm_output",
 
 
 def require_step_patch(prism: PrismConfig) -> None:
-    """Raise unless sglang tells the model its draft step (patch 0001), where the table makes that matter."""
-    patched = any(f.name == "spec_draft_step" for f in dataclasses.fields(ForwardContext))
-    if not patched and len(set(prism.step_modules)) > 1:
+    """Raise unless sglang tells the model its draft step (patch 0001: the ForwardContext field *and* the draft
+    loop that sets it), where the table makes that matter."""
+    if len(set(prism.step_modules)) == 1:
+        return
+    missing = [part for part, present in (("ForwardContext has no 'spec_draft_step'", _context_has_step()),
+                                          ("EagleDraftWorker.draft_forward does not set it", _draft_loop_sets_step()))
+               if not present]
+    if missing:
         raise RuntimeError(
-            "sglang is not patched for PRISM: ForwardContext has no 'spec_draft_step', so every draft step would "
-            f"run module {prism.step_modules[0]}. Run `prism-sglang patch-sglang` (applies patches/sglang-0.5.17)."
+            f"sglang is not (fully) patched for PRISM: {'; '.join(missing)}, so every draft step would run module "
+            f"{prism.step_modules[0]}. Run `prism-sglang patch-sglang` (applies patches/sglang-0.5.17)."
         )
+
+
+def _context_has_step() -> bool:
+    return any(f.name == "spec_draft_step" for f in dataclasses.fields(ForwardContext))
+
+
+def _draft_loop_sets_step() -> bool:
+    """Whether the installed draft loop passes the step (its source is the only witness short of a forward)."""
+    from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker
+
+    return "spec_draft_step=" in inspect.getsource(EagleDraftWorker.draft_forward)
 
 
 def current_draft_step() -> int:
@@ -162,12 +179,12 @@ class LlamaForCausalLMPrism(llama_eagle3.LlamaForCausalLMEagle3):
             self.model.shared_attention.sliding_window_size = self._draft_window_size
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Validate every tensor (names, count, shapes, vocabulary map) first, then load as EAGLE-3 does."""
+        """Load as EAGLE-3 does, each tensor checked (name, shape) before it is copied and the whole set (count,
+        vocabulary map) when the stream ends; streamed because some loaders free a file's tensors once past it."""
         try:
-            tensors = collect_tensors(self.prism_config, weights)
+            super().load_weights(validated_tensors(self.prism_config, weights))
         except CheckpointError as e:
             raise CheckpointError(f"PRISM draft {getattr(self.config, '_name_or_path', '')}: {e}") from e
-        super().load_weights(tensors.items())
 
 
 EntryClass = [LlamaForCausalLMPrism]

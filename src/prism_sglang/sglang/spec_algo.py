@@ -16,12 +16,13 @@ from typing import Any
 from sglang.srt.arg_groups.overrides import resolved_view
 from sglang.srt.arg_groups.speculative_hook import _handle_eagle_family
 from sglang.srt.server_args import ServerArgs
+from sglang.srt.speculative.ragged_verify import read_ragged_verify_mode
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 from sglang.srt.speculative.spec_registry import CustomSpecAlgo
 
 from prism_sglang.checkpoint import check_target_compatibility
 from prism_sglang.config import PrismConfig
-from prism_sglang.sglang import ALGORITHM
+from prism_sglang.sglang import ALGORITHM, SGLANG_VERSION
 from prism_sglang.sglang.model import max_draft_steps, require_step_patch
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class PrismSpecAlgo(CustomSpecAlgo):
     build_disagg_draft_input = _ENUM["build_disagg_draft_input"]
 
     def handle_server_args(self, server_args: ServerArgs) -> None:
+        # As the enum's own hook: a typo in the ragged-verify env var fails the launch here, not in a metrics path.
+        read_ragged_verify_mode()
         _handle_eagle_family(server_args)
         try:
             check_server_args(server_args)
@@ -78,6 +81,14 @@ _answer_like_eagle3(PrismSpecAlgo)
 
 def check_server_args(server_args: ServerArgs) -> None:
     """PRISM's checks on resolved server args; raises with a message that says what to change."""
+    if getattr(server_args, "use_ray", False):
+        # sglang/srt/ray/scheduler_actor.py builds the Scheduler without load_plugins(): its processes would not
+        # know the algorithm or the model class.
+        raise ValueError(
+            f"--speculative-algorithm {ALGORITHM} does not run under --use-ray: SGLang {SGLANG_VERSION}'s Ray "
+            "scheduler actors do not load plugins, so they would not know PRISM. Launch without --use-ray "
+            "(the default multiprocess launcher loads the plugin in every scheduler)"
+        )
     if resolved_view(server_args).enable_multi_layer_eagle:  # mid-resolution: read through the overrides
         raise ValueError(
             f"--speculative-algorithm {ALGORITHM} runs its modules in the standard EAGLE draft loop; "
