@@ -12,9 +12,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchError
+from bench.common import REPO, BenchError
 
-BACKEND_SERVERS = ("auto", "sglang", "cpu")
+BACKEND_SERVERS = ("auto", "sglang", "sglang-cpu", "cpu")
+SGLANG_BACKENDS = ("sglang", "sglang-cpu")
+
+# sglang-cpu: the real SGLang server on SGLang's own CPU engine, with the test-only plain-PyTorch stand-ins for
+# sgl_kernel's CPU ops and this machine's shims (tests/sglang_cpu/README.md). float32, so that its greedy output
+# can be compared token for token with the reference engine's; no overlap scheduling (SGLang's CPU rule); an idle
+# scheduler sleeps instead of spinning (on 2 cores a spinning one takes a whole core from everything else).
+SGLANG_CPU_SITE = REPO / "tests" / "sglang_cpu" / "site"
+SGLANG_CPU_FLAGS = ("--device", "cpu", "--attention-backend", "intel_amx", "--dtype", "float32",
+                    "--disable-overlap-schedule", "--max-total-tokens", "16384", "--sleep-on-idle")
+
+
+def sglang_cpu_env(threads: int) -> dict[str, str]:
+    """The environment of a sglang-cpu server: SGLang's CPU engine, the test site on PYTHONPATH, `threads`
+    torch threads. torch.compile stays off: the few SGLang helpers that use it (spec_utils.py) would spend
+    40+ s compiling C++ on the first request of every server, for ops of a few elements."""
+    return {"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": str(SGLANG_CPU_SITE), "TORCH_COMPILE_DISABLE": "1",
+            "OMP_NUM_THREADS": str(threads)}
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,11 @@ def cpu_command(python: str, target: str, config: Config, tree: Tree, host: str,
         return [*command, "--no-draft"]
     return [*command, "--draft", str(config.draft), "--num-steps", str(tree.num_steps), "--topk", str(tree.topk),
             "--num-draft-tokens", str(tree.num_draft_tokens)]
+
+
+def sglang_cpu_command(python: str, target: str, config: Config, tree: Tree, host: str, port: int,
+                       max_running: int, extra: list[str]) -> list[str]:
+    return sglang_command(python, target, config, tree, host, port, max_running, [*SGLANG_CPU_FLAGS, *extra])
 
 
 def resolve_backend_server(choice: str) -> str:

@@ -50,6 +50,8 @@ EPILOG = """\
 examples:
   # CPU server, SmolLM2 + the shipped drafts, a short check
   python bench/lossless.py --backend-server cpu --num-prompts 2 --max-tokens 32 --topk 1 --num-steps 4
+  # the real SGLang server on its CPU engine (test-only kernels of tests/sglang_cpu), float32
+  python bench/lossless.py --backend-server sglang-cpu --num-prompts 10 --max-tokens 64 --topk 1 --num-steps 3
   # GPU host: 60 prompts, 256 tokens, one run per attention backend and tree (CUDA graphs are on by default)
   python bench/lossless.py --server-args='--attention-backend triton' --topk 1 --num-steps 5
   python bench/lossless.py --server-args='--attention-backend flashinfer'          # 6/4/16 tree

@@ -45,6 +45,7 @@ from bench.common import (
 )
 from bench.launch import (
     BACKEND_SERVERS,
+    SGLANG_BACKENDS,
     Config,
     Tree,
     check_draft_dir,
@@ -55,6 +56,8 @@ from bench.launch import (
     make_random_drafts,
     resolve_backend_server,
     sglang_command,
+    sglang_cpu_command,
+    sglang_cpu_env,
 )
 from bench.prompts import BENCHES, BenchPrompts, load_prompts, write_custom_dataset
 from bench.server import ServerProcess, ServerSpec
@@ -80,8 +83,10 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that say which servers to start and how (shared with bench/lossless.py)."""
     s = p.add_argument_group("servers")
     s.add_argument("--backend-server", choices=BACKEND_SERVERS, default="auto",
-                   help="sglang: python -m sglang.launch_server; cpu: prism-sglang serve (the reference engine); "
-                        "auto (default): sglang where CUDA is available, else cpu")
+                   help="sglang: python -m sglang.launch_server; sglang-cpu: the same on SGLang's CPU engine with "
+                        "the test-only CPU kernels of tests/sglang_cpu (float32; correctness, not speed); cpu: "
+                        "prism-sglang serve (the reference engine); auto (default): sglang where CUDA is "
+                        "available, else cpu")
     s.add_argument("--target", metavar="DIR", default=None,
                    help="target model folder (default: SmolLM2-135M-Instruct, prepared on first use)")
     s.add_argument("--eagle3-draft", metavar="DIR", type=Path, default=None,
@@ -109,7 +114,7 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--sglang-python", metavar="PYTHON", default=sys.executable,
                    help="Python that runs sglang.launch_server (default: this one)")
     s.add_argument("--server-threads", metavar="N", type=int, default=1,
-                   help="torch threads of the CPU server (default: 1)")
+                   help="torch threads of a cpu or sglang-cpu server (default: 1)")
 
 
 def add_benches_argument(group: argparse._ArgumentGroup) -> None:
@@ -240,7 +245,7 @@ def requests_for(args: argparse.Namespace, concurrency: int) -> int:
 def prepare_servers(args: argparse.Namespace, config_names: list[str]) -> Setup:
     """Resolve and check the server flags (add_server_arguments) and load the prompts; no prompt files yet."""
     backend = resolve_backend_server(args.backend_server)
-    device = device_label() if backend == "sglang" else "cpu"
+    device = device_label() if backend == "sglang" else "cpu"  # sglang-cpu runs on the CPU whatever the host has
     tree = Tree(args.num_steps, args.topk, args.num_draft_tokens or (args.num_steps + 1 if args.topk == 1 else 16))
     tree.check()
     target = resolve_target(args.target)
@@ -253,7 +258,7 @@ def prepare_servers(args: argparse.Namespace, config_names: list[str]) -> Setup:
             check_draft_dir(config)
     if args.port:
         require_free_port(args.host, args.port)
-    if backend == "sglang" and any(c.name == "prism" for c in configs):
+    if backend in SGLANG_BACKENDS and any(c.name == "prism" for c in configs):
         check_sglang_for_prism(args.sglang_python)
     out = (args.out or default_results_dir(device)).resolve()
     from transformers import AutoTokenizer
@@ -277,13 +282,17 @@ def server_spec(args: argparse.Namespace, setup: Setup, config: Config, max_runn
     """`max_running`: the largest concurrency the server will see (it sizes running requests and queue)."""
     port = args.port or free_port(args.host)
     require_free_port(args.host, port)
+    env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     if setup.backend == "sglang":
         command = sglang_command(args.sglang_python, str(setup.target), config, setup.tree, args.host, port,
                                  max_running, setup.extra_server_args)
+    elif setup.backend == "sglang-cpu":
+        command = sglang_cpu_command(args.sglang_python, str(setup.target), config, setup.tree, args.host, port,
+                                     max_running, setup.extra_server_args)
+        env.update(sglang_cpu_env(args.server_threads))
     else:
         command = cpu_command(sys.executable, str(setup.target), config, setup.tree, args.host, port, max_running,
                               args.server_threads)
-    env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return ServerSpec(config.name, command, args.host, port, setup.out / "logs" / f"server-{config.name}.log", env,
                       args.startup_timeout)
 
@@ -446,7 +455,7 @@ def settings_record(args: argparse.Namespace, setup: Setup, sent: dict[str, Any]
         "max_tokens": args.max_tokens, "ignore_eos": True, "concurrencies": args.concurrency,
         "temperatures": args.temperature, "request_rate": "inf", "warmup_requests": args.warmup_requests,
         "seed": args.seed, "sent_sampling_params": sent, "server_args": setup.extra_server_args,
-        "server_threads": args.server_threads if setup.backend == "cpu" else None,
+        "server_threads": args.server_threads if setup.backend in ("cpu", "sglang-cpu") else None,
         "random_drafts": args.random_drafts, "memory_kind": memory_kind,
         "probe": {"prompts_per_bench": args.probe_prompts, "max_tokens": args.probe_max_tokens or args.max_tokens,
                   "concurrency": args.probe_concurrency},
