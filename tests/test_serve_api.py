@@ -174,7 +174,12 @@ BAD_REQUESTS = [
     ("negative temperature", CHAT, {"messages": USER, "temperature": -0.1}, 400, "invalid_value"),
     ("top_p zero", CHAT, {"messages": USER, "top_p": 0}, 400, "invalid_value"),
     ("n = 2", CHAT, {"messages": USER, "n": 2}, 400, "invalid_value"),
-    ("unknown model", CHAT, {"messages": USER, "model": "gpt-4"}, 404, "model_not_found"),
+    ("tools", CHAT, {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
+     "invalid_value"),
+    ("tool_choice", CHAT, {"messages": USER, "tool_choice": "required"}, 400, "invalid_value"),
+    ("JSON mode", CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, 400, "invalid_value"),
+    ("logprobs", CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 2}, 400, "invalid_value"),
+    ("completions logprobs", "/v1/completions", {"prompt": "a", "logprobs": 3}, 400, "invalid_value"),
     ("prompt over the context", CHAT, {"messages": [{"role": "user", "content": "word " * 1500}]}, 400,
      "context_length_exceeded"),
     ("empty stop string", CHAT, {"messages": USER, "stop": [""]}, 400, "invalid_value"),
@@ -205,9 +210,29 @@ def test_server_keeps_serving_after_bad_requests(client, server):
     assert client.chat.completions.create(model=MODEL, messages=USER, max_tokens=3).choices[0].message.content
 
 
-def test_openai_client_sees_errors_as_exceptions(client):
+def test_any_model_name_is_served_and_echoed_as_by_sglang(client):
+    """SGLang's server takes any `model` in a completion request and echoes it; only retrieving an unknown model
+    by name is a 404. The same client code (e.g. model="default") must work here and there."""
+    for name in ("default", "gpt-4"):
+        reply = client.chat.completions.create(model=name, messages=USER, max_tokens=3)
+        assert reply.model == name and reply.choices[0].message.content
+    assert client.completions.create(model="default", prompt="Hello", max_tokens=2).model == "default"
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="gpt-4", messages=USER)
+        client.models.retrieve("gpt-4")
+
+
+def test_the_served_name_defaults_to_the_model_folders_name(fast_target):
+    import argparse
+
+    from prism_sglang.serve.options import add_serve_arguments, server_config
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(["--target", str(fast_target)])
+    assert server_config(args, fast_target, None).served_model_name == fast_target.name == "fast-target0"
+
+
+def test_openai_client_sees_errors_as_exceptions(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=USER, max_tokens=-5)
     assert err.value.body["param"] == "max_tokens"
@@ -256,7 +281,7 @@ def test_metrics_and_server_info(client, server):
                  "prism_prompt_tokens_total", "prism_e2e_request_latency_seconds_bucket",
                  "prism_time_to_first_token_seconds_bucket", "prism_spec_verify_total",
                  "prism_spec_accepted_tokens_total", "prism_spec_accept_length_bucket", "prism_num_running_reqs",
-                 'prism_requests_total{endpoint="chat",status="404"}'):
+                 'prism_requests_total{endpoint="chat",status="400"}'):
         assert name in text, name
     info = httpx.get(server.url + "/server_info", timeout=10).json()
     assert info["speculative_algorithm"] == "PRISM" and info["speculative_num_steps"] == 3

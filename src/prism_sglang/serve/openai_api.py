@@ -48,6 +48,10 @@ from prism_sglang.serve.streaming import TextStream
 router = APIRouter()
 
 
+# Like SGLang's server, the completion endpoints take any `model` and echo it (one model is served; clients often
+# send "default" or their own label); only GET /v1/models/{model} answers 404 for a name that is not served.
+
+
 def model_card(svc: Service) -> ModelCard:
     name = svc.config.served_model_name
     return ModelCard(id=name, created=int(svc.started), root=name, max_model_len=svc.context_length)
@@ -81,7 +85,6 @@ def _matched_stop(generation: Generation) -> int | str | None:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request, svc: ServiceDep) -> Response:
-    svc.check_model(body.model)
     try:
         prompt = encode_chat(svc.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
     except Exception as e:  # the chat template may reject a conversation (e.g. a role order it does not allow)
@@ -89,7 +92,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, svc: S
     max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     params = svc.sampling_params(len(prompt), _sampling(body, body.max_new_tokens), "messages", max_param)
     call = svc.submit("chat", "chatcmpl-", prompt, params)
-    created, model = int(time.time()), svc.config.served_model_name
+    created, model = int(time.time()), body.model or svc.config.served_model_name
 
     def chunk(delta: dict[str, Any], finish: str | None = None, matched: int | str | None = None) -> dict:
         return {"id": call.id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -120,7 +123,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, svc: S
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request, svc: ServiceDep) -> Response:
-    svc.check_model(body.model)
     if isinstance(body.prompt, str):
         prompt = svc.tokenizer.encode(body.prompt)
     else:
@@ -128,7 +130,7 @@ async def completions(body: CompletionRequest, request: Request, svc: ServiceDep
         prompt = list(body.prompt)
     params = svc.sampling_params(len(prompt), _sampling(body, body.max_new_tokens), "prompt", "max_tokens")
     call = svc.submit("completions", "cmpl-", prompt, params)
-    created, model = int(time.time()), svc.config.served_model_name
+    created, model = int(time.time()), body.model or svc.config.served_model_name
 
     def chunk(text: str, finish: str | None = None, matched: int | str | None = None) -> dict:
         return {"id": call.id, "object": "text_completion", "created": created, "model": model,

@@ -43,8 +43,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                             "the PRISM draft shipped in this package)")
     draft.add_argument("--no-draft", action="store_true", help="serve the target alone, without speculation")
     model.add_argument("--served-model-name", metavar="NAME", default=None,
-                       help="model id in /v1/models and the accepted `model` field (default: the target path, "
-                            "as in SGLang)")
+                       help="model id in /v1/models, /server_info and in responses whose request names none "
+                            "(default: the target folder's name, e.g. smollm2-135m-instruct); requests may name "
+                            "any model, as with SGLang")
     model.add_argument("--context-length", metavar="N", type=int, default=None,
                        help="max prompt + completion tokens (default: the target's max_position_embeddings)")
 
@@ -121,7 +122,7 @@ def tree_settings(args: argparse.Namespace) -> TreeSettings:
 
 def server_config(args: argparse.Namespace, target: Path, draft: Path | None) -> ServerConfig:
     return ServerConfig(
-        target_path=target, draft_path=draft, served_model_name=args.served_model_name or str(target),
+        target_path=target, draft_path=draft, served_model_name=args.served_model_name or target.name,
         context_length=args.context_length, tree=tree_settings(args), host=args.host, port=args.port,
         max_running=args.max_running, max_queue=args.max_queue, request_timeout=args.request_timeout or None,
         shutdown_timeout=args.shutdown_timeout, max_request_bytes=args.max_request_bytes,

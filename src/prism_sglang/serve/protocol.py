@@ -2,7 +2,9 @@
 
 Requests are validated strictly (a string is not a number, a float is not an int) so that a wrong type is a 400,
 not a silent coercion. Unknown fields are ignored, as OpenAI and SGLang do: clients send many optional fields
-(`user`, `logprobs: false`, `presence_penalty: 0`, ...) that do not change what this server computes.
+(`user`, `presence_penalty: 0`, ...) that do not change what this server computes. Fields that would change
+the answer but are not implemented (`tools`, `tool_choice`, `response_format`, `logprobs`, `top_logprobs`) are
+refused with a 400 naming the field when they ask for something, accepted when they ask for nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ def _only_one_choice(n: int) -> int:
 
 
 OneChoice = Annotated[int, AfterValidator(_only_one_choice), Field(description="only 1 is supported")]
+
+# Values of the fields below that ask for nothing (clients send them by default).
+_OFF_VALUES = (None, False, 0, "none", [], {"type": "text"})
+
+
+def unsupported(feature: str) -> Any:
+    """A request field this server does not implement: any value that asks for it is a 400 naming the field,
+    never silently ignored (the client would believe it got, say, JSON mode)."""
+    def reject(value: Any) -> None:
+        if value not in _OFF_VALUES:
+            raise ValueError(f"{feature} is not supported by this server")
+
+    return Annotated[Any, AfterValidator(reject), Field(description=f"{feature}: not supported")]
 
 
 class Request(BaseModel):
@@ -71,6 +86,11 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1, le=INT64_MAX, description="default: the rest of the context")
     max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX, description="OpenAI's newer max_tokens")
     return_meta_info: bool = Field(False, description="SGLang extension: add `meta_info` to the choice")
+    tools: unsupported("tool calling") = None
+    tool_choice: unsupported("tool calling") = None
+    response_format: unsupported("a response format other than text (JSON mode, JSON schema)") = None
+    logprobs: unsupported("logprobs") = None
+    top_logprobs: unsupported("logprobs") = None
 
     @property
     def max_new_tokens(self) -> int | None:
@@ -81,6 +101,7 @@ class CompletionRequest(SamplingFields):
     model: str | None = None
     prompt: str | Annotated[list[TokenId], Field(min_length=1)]
     max_tokens: int | None = Field(16, ge=1, le=INT64_MAX, description="null: the rest of the context")
+    logprobs: unsupported("logprobs") = None
 
     @property
     def max_new_tokens(self) -> int | None:
