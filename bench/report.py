@@ -392,14 +392,15 @@ def lossless_section(checks: list[dict[str, Any]]) -> str:
              "bench/lossless.py: every prompt once through /generate at temperature 0 (EOS honoured) on the "
              "no-speculation server and on each speculative one, token ids compared; τ from each request's "
              "meta_info (output tokens / verification cycles).", ""]
-    header = ["file", "device", "tree", "server args", "config", "identical", "first divergences", "τ"]
+    header = ["file", "device (server)", "tree", "server args", "config", "identical", "first divergences", "τ"]
     body = []
     for name, data in checks:
         s = data["settings"]
         tree = "/".join(str(s["tree"][k]) for k in ("num_steps", "topk", "num_draft_tokens"))
         for c in data["checks"]:
             firsts = ", ".join(str(m["first_divergence"]) for m in c["mismatches"]) or "–"
-            body.append([name, data["device"], tree, " ".join(s["server_args"]) or "–", c["config"],
+            body.append([name, f"{data['device']} ({s['backend_server']})", tree, " ".join(s["server_args"]) or "–",
+                         c["config"],
                          f"{c['identical']}/{c['prompts']}", firsts, fmt(c["tau"])])
     lines.append(table(header, body))
     return "\n".join(lines)
