@@ -277,10 +277,13 @@ def test_client_disconnect_mid_stream_frees_the_slot(server):
 def test_metrics_and_server_info(client, server):
     client.chat.completions.create(model=MODEL, messages=USER, max_tokens=6, extra_body={"ignore_eos": True})
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    for name in ('prism_requests_total{endpoint="chat",status="200"}', "prism_generation_tokens_total",
-                 "prism_prompt_tokens_total", "prism_e2e_request_latency_seconds_bucket",
-                 "prism_time_to_first_token_seconds_bucket", "prism_spec_verify_total",
-                 "prism_spec_accepted_tokens_total", "prism_spec_accept_length_bucket", "prism_num_running_reqs",
+    labels = f'{{model_name="{MODEL}"}}'
+    for name in ('prism_requests_total{endpoint="chat",status="200"}', "sglang:generation_tokens_total" + labels,
+                 "sglang:prompt_tokens_total" + labels, "sglang:e2e_request_latency_seconds_bucket",
+                 "sglang:time_to_first_token_seconds_bucket", "sglang:spec_verify_calls_total" + labels,
+                 "sglang:spec_accept_length" + labels, "sglang:num_running_reqs" + labels,
+                 "sglang:num_queue_reqs" + labels, "prism_spec_accepted_tokens_total",
+                 "prism_spec_accept_length_bucket",
                  'prism_requests_total{endpoint="chat",status="400"}'):
         assert name in text, name
     info = httpx.get(server.url + "/server_info", timeout=10).json()

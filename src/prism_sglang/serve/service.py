@@ -72,7 +72,7 @@ class Service:
         self.context_length = min(config.context_length or limit, limit)
         self.vocab_size = engine.target.vocab_size
         self.scheduler = Scheduler(engine, self.speculative, config.max_running, config.max_queue)
-        self.metrics = Metrics(self.scheduler.counts)
+        self.metrics = Metrics(self.scheduler.counts, config.served_model_name)
         self.started = time.time()
 
     # -- checks -----------------------------------------------------------------------------------------
