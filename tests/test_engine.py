@@ -198,3 +198,35 @@ def test_stop_strings_cut_text_and_tokens(tiny_target_dir):
         assert g.text == text[:at] and g.finish_reason == "stop" and g.matched_stop == stop
         # no token after the one that completed the stop string
         assert g.output_ids == reference.output_ids[: at + len(stop)]
+
+
+@pytest.mark.parametrize(("temperature", "tree"), [(0.0, TreeSettings(5, 1)), (0.0, TreeSettings(3, 2, 6)),
+                                                   (0.7, TreeSettings(5, 1))], ids=str)
+def test_logprobs_are_the_targets_own_at_each_output_position(predictable_target, trained_draft, temperature,
+                                                              tree):
+    """Whichever path a token took (prefill, accepted draft, bonus), its logprob is the target's log-softmax
+    (after temperature) at its position, as one plain forward over prompt + output computes it."""
+    engine = SpeculativeEngine(predictable_target, trained_draft, tree)
+    params = SamplingParams(max_new_tokens=30, ignore_eos=True, temperature=temperature, top_k=5, seed=3,
+                            logprobs=3)
+    prompt = [5, 9, 14, 3, 22, 7]
+    for speculative in (True, False):
+        g = engine.generate(prompt, params, speculative=speculative)
+        assert g.logprobs is not None and [e.token for e in g.logprobs] == g.output_ids
+        with torch.no_grad():
+            logits = predictable_target.forward(torch.tensor([prompt + g.output_ids])).logits[0].double()
+        if temperature > 0:
+            logits = logits / temperature
+        expected = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+        got = torch.tensor([e.logprob for e in g.logprobs], dtype=torch.float64)
+        torch.testing.assert_close(got, expected.gather(1, torch.tensor(g.output_ids)[:, None])[:, 0],
+                                   atol=1e-4, rtol=0)
+        for entry, row in zip(g.logprobs, expected, strict=True):
+            assert [t for t, _ in entry.top] == row.topk(3).indices.tolist()
+    if temperature == 0:
+        assert sum(engine.generate(prompt, params).stats.accept_lengths) > 0  # accepted drafts were covered
+
+
+def test_no_logprobs_unless_asked(tiny_target):
+    engine = SpeculativeEngine(tiny_target, make_draft(tiny_target), TreeSettings(3, 1))
+    assert engine.generate([3, 4, 5], SamplingParams(max_new_tokens=5)).logprobs is None

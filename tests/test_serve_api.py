@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import torch
 
 from prism_sglang.engine import SamplingParams
 from prism_sglang.engine.loading import encode_chat, load_engine
@@ -178,8 +179,8 @@ BAD_REQUESTS = [
      "invalid_value"),
     ("tool_choice", CHAT, {"messages": USER, "tool_choice": "required"}, 400, "invalid_value"),
     ("JSON mode", CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, 400, "invalid_value"),
-    ("logprobs", CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 2}, 400, "invalid_value"),
-    ("completions logprobs", "/v1/completions", {"prompt": "a", "logprobs": 3}, 400, "invalid_value"),
+    ("top_logprobs without logprobs", CHAT, {"messages": USER, "top_logprobs": 2}, 400, "invalid_value"),
+    ("too many top_logprobs", CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 21}, 400, "invalid_value"),
     ("prompt over the context", CHAT, {"messages": [{"role": "user", "content": "word " * 1500}]}, 400,
      "context_length_exceeded"),
     ("empty stop string", CHAT, {"messages": USER, "stop": [""]}, 400, "invalid_value"),
@@ -315,3 +316,30 @@ def test_sglang_benchmark_serving_runs_against_the_server(server, tmp_path):
     report = json.loads(result.read_text().splitlines()[-1])
     assert report["completed"] == 4 and report["total_output_tokens"] == 32
     assert report["accept_length"] >= 1.0  # from /server_info internal_states[0].avg_spec_accept_length
+
+
+def test_logprobs_are_the_targets_probabilities(client, reference):
+    """logprobs / top_logprobs (chat) and logprobs (completions): each output token's log-probability under the
+    target, as a plain forward over prompt + output computes it; streamed chunks carry them all, in order."""
+    kwargs = dict(model=MODEL, messages=MESSAGES, max_tokens=10, temperature=0, logprobs=True, top_logprobs=2,
+                  extra_body={"ignore_eos": True})
+    content = client.chat.completions.create(**kwargs).choices[0].logprobs.content
+    prompt = encode_chat(reference.tokenizer, MESSAGES)
+    ids = reference.generate(prompt, SamplingParams(max_new_tokens=10, ignore_eos=True), speculative=False).output_ids
+    with torch.no_grad():
+        logits = reference.target.forward(torch.tensor([prompt + ids])).logits[0].double()
+    expected = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+    assert [c.token for c in content] == [reference.tokenizer.decode([i]) for i in ids]
+    torch.testing.assert_close(torch.tensor([c.logprob for c in content], dtype=torch.float64),
+                               expected.gather(1, torch.tensor(ids)[:, None])[:, 0], atol=1e-4, rtol=0)
+    for c, row in zip(content, expected, strict=True):
+        assert [t.logprob for t in c.top_logprobs] == pytest.approx(row.topk(2).values.tolist(), abs=1e-4)
+        assert c.top_logprobs[0].token == c.token  # greedy: the chosen token is the most likely one
+    streamed = [item for chunk in client.chat.completions.create(**kwargs, stream=True)
+                if chunk.choices and chunk.choices[0].logprobs for item in chunk.choices[0].logprobs.content]
+    assert [(s.token, s.logprob) for s in streamed] == [(c.token, c.logprob) for c in content]
+    completion = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0,
+                                           logprobs=2, extra_body={"ignore_eos": True}).choices[0]
+    assert len(completion.logprobs.token_logprobs) == 6 and all(lp <= 0 for lp in completion.logprobs.token_logprobs)
+    assert "".join(completion.logprobs.tokens) == completion.text
+    assert completion.logprobs.text_offset[0] == 0 and all(len(t) == 2 for t in completion.logprobs.top_logprobs)

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prism_sglang.engine.sampling import SamplingParams, make_generator, processed_probs, sample_token
+from prism_sglang.engine.sampling import (
+    SamplingParams,
+    TokenLogprob,
+    make_generator,
+    processed_probs,
+    sample_token,
+    token_logprob,
+)
 from prism_sglang.engine.stats import SpecStats
 from prism_sglang.engine.tree import check_tree_settings, draft_tree
 from prism_sglang.engine.verify import accept
@@ -111,6 +118,8 @@ class Generation:
             raise ValueError("the prompt is empty")
         self.engine, self.prompt_ids, self.params, self.speculative = engine, prompt_ids, params, speculative
         self.output_ids: list[int] = []
+        # With params.logprobs set: one entry per output token, from the target logits it was chosen from.
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.finished = False
         self.finish_reason: str | None = None  # "stop" (EOS or stop string) or "length"
         self.matched_stop: str | int | None = None
@@ -164,7 +173,7 @@ class Generation:
         self._target_cache = out.past_key_values
         first = sample_token(out.logits[0, -1], self.params, self._generator)
         self._m = len(self.prompt_ids)
-        emitted = self._emit([first])
+        emitted = self._emit([first], out.logits[0, -1:])
         if self.speculative and not self.finished:
             self._draft_extend(torch.cat([ids[:, 1:], torch.tensor([[first]])], dim=1), out.features)
         self.stats.add_time("prefill", time.perf_counter() - start)
@@ -175,7 +184,7 @@ class Generation:
         out = self.engine.target.forward(torch.tensor([[self.output_ids[-1]]]), past_key_values=self._target_cache)
         self._m += 1
         token = sample_token(out.logits[0, -1], self.params, self._generator)
-        emitted = self._emit([token])
+        emitted = self._emit([token], out.logits[0, -1:])
         if self.speculative and not self.finished:
             # Keep the draft in step with the target, so a later cycle can resume drafting.
             self._draft_extend(torch.tensor([[token]]), out.features)
@@ -206,7 +215,7 @@ class Generation:
         tokens = [int(tree.tokens[i - 1]) for i in result.nodes] + [result.bonus]
         self.stats.record_cycle(len(result.nodes))
         self._m += len(tokens)
-        emitted = self._emit(tokens)
+        emitted = self._emit(tokens, out.logits[0, keep])  # token j was chosen at the j-th node of the path
         if not self.finished:
             self._draft_extend(torch.tensor([tokens]), out.features[:, keep])
         t3 = time.perf_counter()
@@ -223,11 +232,14 @@ class Generation:
             self._draft_logits = draft.logits(hidden)[0]
 
     # -- stops -----------------------------------------------------------------------------------------
-    def _emit(self, tokens: list[int]) -> list[int]:
-        """Append tokens one by one until a stop: EOS / stop token, max_new_tokens, or a stop string."""
+    def _emit(self, tokens: list[int], logits: Tensor) -> list[int]:
+        """Append tokens one by one until a stop: EOS / stop token, max_new_tokens, or a stop string.
+        `logits[j]` is the target's row that token j was chosen from (for the recorded logprobs)."""
         emitted = []
-        for token in tokens:
+        for token, row in zip(tokens, logits, strict=True):
             self.output_ids.append(token)
+            if self.logprobs is not None:
+                self.logprobs.append(token_logprob(row, token, self.params))
             emitted.append(token)
             if token in self._finish_ids:
                 self.matched_stop = token

@@ -24,6 +24,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     seed: int | None = None
+    # Record each output token's log-probability and this many alternatives (None: record nothing).
+    logprobs: int | None = None
     eos_token_ids: tuple[int, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +72,26 @@ def processed_probs(logits: Tensor, params: SamplingParams) -> Tensor:
         probs = probs.masked_fill(drop, 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """An output token's log-probability under the target and the `top` most likely tokens at its position."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+def token_logprob(logits: Tensor, token: int, params: SamplingParams) -> TokenLogprob:
+    """As SGLang reports them: the target's distribution after temperature (a greedy request: the plain
+    softmax), before top-k / top-p truncation."""
+    logits = logits.double()
+    if not params.greedy:
+        logits = logits / params.temperature
+    logprobs = torch.log_softmax(logits, dim=-1)
+    values, ids = torch.topk(logprobs, params.logprobs or 0)
+    return TokenLogprob(token, float(logprobs[token]), tuple(zip(ids.tolist(), values.tolist(), strict=True)))
 
 
 def sample_token(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> int:

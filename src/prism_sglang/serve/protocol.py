@@ -3,8 +3,8 @@
 Requests are validated strictly (a string is not a number, a float is not an int) so that a wrong type is a 400,
 not a silent coercion. Unknown fields are ignored, as OpenAI and SGLang do: clients send many optional fields
 (`user`, `presence_penalty: 0`, ...) that do not change what this server computes. Fields that would change
-the answer but are not implemented (`tools`, `tool_choice`, `response_format`, `logprobs`, `top_logprobs`) are
-refused with a 400 naming the field when they ask for something, accepted when they ask for nothing.
+the answer but are not implemented (`tools`, `tool_choice`, `response_format`) are refused with a 400 naming the
+field when they ask for something, accepted when they ask for nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 INT64_MAX = 2**63 - 1
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 StopString = Annotated[str, Field(min_length=1)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=16)] | None
 TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
@@ -89,23 +90,38 @@ class ChatCompletionRequest(SamplingFields):
     tools: unsupported("tool calling") = None
     tool_choice: unsupported("tool calling") = None
     response_format: unsupported("a response format other than text (JSON mode, JSON schema)") = None
-    logprobs: unsupported("logprobs") = None
-    top_logprobs: unsupported("logprobs") = None
+    logprobs: bool = Field(False, description="return each output token's log-probability")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token")
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        return self
 
     @property
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
     prompt: str | Annotated[list[TokenId], Field(min_length=1)]
     max_tokens: int | None = Field(16, ge=1, le=INT64_MAX, description="null: the rest of the context")
-    logprobs: unsupported("logprobs") = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                 description="return each token's log-probability and this many alternatives")
 
     @property
     def max_new_tokens(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def logprobs_count(self) -> int | None:
+        return self.logprobs
 
 
 class GenerateSamplingParams(Request):
@@ -167,7 +183,7 @@ class ResponseMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: Literal["stop", "length", "abort"] | None
     matched_stop: int | str | None = None
     meta_info: dict[str, Any] | None = None
@@ -185,7 +201,7 @@ class ChatCompletionResponse(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: Literal["stop", "length", "abort"] | None
     matched_stop: int | str | None = None
 

@@ -48,6 +48,7 @@ class Sampling:
     stop_token_ids: list[int] | None
     ignore_eos: bool
     seed: int | None
+    logprobs: int | None = None  # record each output token's logprob and this many alternatives
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Service:
         return SamplingParams(
             temperature=temperature, top_p=s.top_p, top_k=max(s.top_k, 0),
             max_new_tokens=s.max_new_tokens if s.max_new_tokens is not None else room, stop=stop,
-            stop_token_ids=tuple(s.stop_token_ids or ()), ignore_eos=s.ignore_eos, seed=s.seed,
+            stop_token_ids=tuple(s.stop_token_ids or ()), ignore_eos=s.ignore_eos, seed=s.seed, logprobs=s.logprobs,
         )
 
     # -- a request's life -------------------------------------------------------------------------------
