@@ -7,7 +7,7 @@ SGLANG_VERSION := 0.5.17
 HOST ?= 127.0.0.1
 PORT ?= 30000
 
-.PHONY: install test lint serve clean-venv
+.PHONY: install docker-tools test lint serve clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,14 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck launch/*.sh launch/examples/*.sh
 
-test: install
+# The image tests (tests/test_docker.py) start their own dockerd: Debian's docker.io (its 20.10 client and legacy
+# builder), and debootstrap for the locally made base images. Installed once, as root, if missing.
+docker-tools:
+	@if [ ! -x /usr/sbin/dockerd ] || [ ! -x /usr/sbin/debootstrap ]; then \
+		apt-get update && apt-get install -y --no-install-recommends docker.io iptables debootstrap; \
+	fi
+
+test: install docker-tools
 	$(PY) -m prism_sglang.cli prepare-model smollm2
 	$(PY) -m ruff check src tests bench
 	PRISM_REQUIRE_SGLANG=1 $(PY) -m pytest

@@ -30,6 +30,8 @@ def test_conversion_is_a_complete_hf_folder(smollm2_dir):
     assert prepare_smollm2(smollm2_dir, log=messages.append) == smollm2_dir
     assert (smollm2_dir / "model.safetensors").stat().st_mtime_ns == before
     assert messages == [f"SmolLM2-135M-Instruct is ready at {smollm2_dir}"]
+    # Readable by everyone: the Docker image's server runs as another user over a mounted folder.
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in smollm2_dir.iterdir())
 
 
 def test_converted_model_answers_a_chat_prompt(smollm2_dir):

