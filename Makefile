@@ -7,7 +7,7 @@ SGLANG_VERSION := 0.5.17
 HOST ?= 127.0.0.1
 PORT ?= 30000
 
-.PHONY: install docker-tools test lint serve clean-venv
+.PHONY: install docker-tools test test-docker lint serve clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,10 +42,16 @@ docker-tools:
 		apt-get update && apt-get install -y --no-install-recommends docker.io iptables debootstrap; \
 	fi
 
-test: install docker-tools
+# The suite without the image tests (they take minutes of Docker builds; `make test-docker`, and CI runs both).
+test: install
 	$(PY) -m prism_sglang.cli prepare-model smollm2
 	$(PY) -m ruff check src tests bench
-	PRISM_REQUIRE_SGLANG=1 $(PY) -m pytest
+	PRISM_REQUIRE_SGLANG=1 $(PY) -m pytest -m "not docker"
+
+# The Docker image, built from the real Dockerfile on a locally made stand-in base and run (tests/docker/README.md).
+test-docker: install docker-tools
+	$(PY) -m prism_sglang.cli prepare-model smollm2
+	PRISM_REQUIRE_SGLANG=1 $(PY) -m pytest -m docker
 
 # The embedded CPU server: SmolLM2-135M-Instruct (converted on first use) + the shipped PRISM draft, on
 # $(HOST):$(PORT). More flags through SERVE_ARGS, e.g. make serve SERVE_ARGS=--no-draft (see prism-sglang serve -h).

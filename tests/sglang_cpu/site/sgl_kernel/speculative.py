@@ -15,34 +15,36 @@ from sgl_kernel.attention import check
 # -- request-to-token table and cache locations ---------------------------------------------------------------
 
 
-def _spans(start_offset: torch.Tensor, end_offset: torch.Tensor) -> list[tuple[int, int]]:
-    return list(zip(start_offset.tolist(), end_offset.tolist(), strict=True))
+def _move_spans(name: str, req_pool_indices: torch.Tensor, req_to_token: torch.Tensor, start_offset: torch.Tensor,
+                end_offset: torch.Tensor, packed: torch.Tensor, pool_len: int, into_table: bool) -> None:
+    """Between row r's tokens [start, end) of the table and `packed` (every request's tokens, request after
+    request): into the table (scatter) or out of it (gather)."""
+    check(pool_len == req_to_token.shape[1], f"{name}: pool_len differs from req_to_token")
+    offset = 0
+    for row, start, end in zip(req_pool_indices.tolist(), start_offset.tolist(), end_offset.tolist(), strict=True):
+        count = max(end - start, 0)
+        check(offset + count <= packed.numel(), f"{name}: out_cache_loc too short")
+        if into_table:
+            req_to_token[row, start:end] = packed[offset : offset + count].to(req_to_token.dtype)
+        else:
+            packed[offset : offset + count] = req_to_token[row, start:end].to(packed.dtype)
+        offset += count
 
 
 def assign_req_to_token_pool_cpu(req_pool_indices: torch.Tensor, req_to_token: torch.Tensor,
                                  start_offset: torch.Tensor, end_offset: torch.Tensor, out_cache_loc: torch.Tensor,
                                  pool_len: int) -> None:
     """Scatter: row r's tokens [start, end) get the next slots of `out_cache_loc`, request after request."""
-    check(pool_len == req_to_token.shape[1], "assign_req_to_token_pool: pool_len differs from req_to_token")
-    offset = 0
-    for row, (start, end) in zip(req_pool_indices.tolist(), _spans(start_offset, end_offset), strict=True):
-        count = max(end - start, 0)
-        req_to_token[row, start:end] = out_cache_loc[offset : offset + count].to(req_to_token.dtype)
-        offset += count
-    check(offset <= out_cache_loc.numel(), "assign_req_to_token_pool: out_cache_loc too short")
+    _move_spans("assign_req_to_token_pool", req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc,
+                pool_len, into_table=True)
 
 
 def assign_extend_cache_locs_cpu(req_pool_indices: torch.Tensor, req_to_token: torch.Tensor,
                                  start_offset: torch.Tensor, end_offset: torch.Tensor, out_cache_loc: torch.Tensor,
                                  pool_len: int) -> None:
     """Gather: the slots of row r's tokens [start, end), request after request; the rest of the output stays."""
-    check(pool_len == req_to_token.shape[1], "assign_extend_cache_locs: pool_len differs from req_to_token")
-    offset = 0
-    for row, (start, end) in zip(req_pool_indices.tolist(), _spans(start_offset, end_offset), strict=True):
-        count = max(end - start, 0)
-        check(offset + count <= out_cache_loc.numel(), "assign_extend_cache_locs: out_cache_loc too short")
-        out_cache_loc[offset : offset + count] = req_to_token[row, start:end].to(out_cache_loc.dtype)
-        offset += count
+    _move_spans("assign_extend_cache_locs", req_pool_indices, req_to_token, start_offset, end_offset, out_cache_loc,
+                pool_len, into_table=False)
 
 
 def assign_draft_cache_locs_contiguous_cpu(req_pool_indices: torch.Tensor, req_to_token: torch.Tensor,
