@@ -166,4 +166,16 @@ def sglang_stand_in(engine: DockerEngine) -> str:
         shutil.copy(REPO / "constraints.txt", context)
         shutil.copy(REPO / "requirements" / "sglang-cpu.txt", context)
         engine.build(context, tag, STAND_IN_DOCKERFILE, DEBIAN_IMAGE=base)
+    remove_other_tags(engine, tag)
     return tag
+
+
+def remove_other_tags(engine: DockerEngine, keep: str) -> None:
+    """Drop the stand-ins of earlier recipes and the untagged images left behind (3 GB each): the data root
+    lives on across runs, and the disk is small."""
+    repository = keep.split(":")[0]
+    tags = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.split()
+    stale = [t for t in tags if t != keep]
+    if stale:
+        engine.docker("rmi", *stale, check=False)
+    engine.docker("image", "prune", "-f", check=False)

@@ -49,6 +49,7 @@ def engine() -> Iterator[DockerEngine]:
 def image(engine) -> str:
     """The product image, from the unchanged Dockerfile (a rebuild reuses docker's layer cache)."""
     engine.build(REPO, IMAGE, SGLANG_IMAGE=sglang_stand_in(engine))
+    engine.docker("image", "prune", "-f", check=False)  # the previous build's image, now untagged
     return IMAGE
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,42 @@ def serve_and_generate(name: str, smollm2: Path, logs: Path, prompts: list[tuple
 
 
 @pytest.fixture(scope="module")
-def prism_server(smollm2, logs):
+def background() -> Iterator[ThreadPoolExecutor]:
+    """One worker thread for the reference engine: with one torch thread it runs on the core that a CPU SGLang
+    server (one torch thread too) leaves free, so the two halves of each comparison overlap in time."""
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def reference_generations(smollm2: Path, draft: Path, prompts: list[tuple[str, list[int]]],
+                          tree: Tree = CHAIN) -> list[Generation]:
+    """The reference engine's speculative greedy generations, same tree as the server."""
+    engine = load_engine(smollm2, draft, TreeSettings(tree.num_steps, tree.topk, tree.num_draft_tokens))
+    return [engine.generate(ids, SamplingParams(max_new_tokens=MAX_TOKENS)) for _, ids in prompts]
+
+
+def few(prompts: list[tuple[str, list[int]]]) -> list[tuple[str, list[int]]]:
+    """The first 3 prompts of each bench."""
+    return [p for i, p in enumerate(prompts) if i % PROMPTS_PER_BENCH < 3]
+
+
+@pytest.fixture(scope="module")
+def reference_jobs(smollm2, prompts, background) -> dict[str, Future]:
+    """Started first, finished while the servers run: the reference engine with each shipped draft, same chain;
+    PRISM on every prompt (its outputs are also check 1's reference output), EAGLE-3 on the first 3 of each
+    bench (CI time)."""
+    return {"prism": background.submit(reference_generations, smollm2, shipped_draft_dir(DEFAULT_DRAFT), prompts),
+            "eagle3": background.submit(reference_generations, smollm2, shipped_draft_dir(BASELINE_DRAFT),
+                                        few(prompts))}
+
+
+@pytest.fixture(scope="module")
+def reference(reference_jobs, sglang_outputs) -> dict[str, list[Generation]]:
+    return {name: job.result() for name, job in reference_jobs.items()}
+
+
+@pytest.fixture(scope="module")
+def prism_server(smollm2, logs, reference_jobs):
     """The PRISM server with the shipped draft, kept for the whole module (the API tests use it too)."""
     with sglang_cpu_server("prism", smollm2, logs, "PRISM", shipped_draft_dir(DEFAULT_DRAFT)) as server:
         yield server
@@ -81,31 +118,6 @@ def sglang_outputs(smollm2, logs, prompts, prism_server) -> dict[str, list[dict[
     outputs["eagle3"] = serve_and_generate("eagle3", smollm2, logs, prompts, "EAGLE3",
                                            shipped_draft_dir(BASELINE_DRAFT))
     return outputs
-
-
-def reference_generations(smollm2: Path, draft: Path, prompts: list[tuple[str, list[int]]],
-                          tree: Tree = CHAIN) -> list[Generation]:
-    """The reference engine's speculative greedy generations (both cores: no server is busy meanwhile)."""
-    engine = load_engine(smollm2, draft, TreeSettings(tree.num_steps, tree.topk, tree.num_draft_tokens))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        return [engine.generate(ids, SamplingParams(max_new_tokens=MAX_TOKENS)) for _, ids in prompts]
-    finally:
-        torch.set_num_threads(threads)
-
-
-def few(prompts: list[tuple[str, list[int]]]) -> list[tuple[str, list[int]]]:
-    """The first 3 prompts of each bench."""
-    return [p for i, p in enumerate(prompts) if i % PROMPTS_PER_BENCH < 3]
-
-
-@pytest.fixture(scope="module")
-def reference(smollm2, prompts) -> dict[str, list[Generation]]:
-    """The reference engine with each shipped draft, same chain: PRISM on every prompt (its outputs are also
-    check 1's reference output), EAGLE-3 on the first 3 of each bench (CI time)."""
-    return {"prism": reference_generations(smollm2, shipped_draft_dir(DEFAULT_DRAFT), prompts),
-            "eagle3": reference_generations(smollm2, shipped_draft_dir(BASELINE_DRAFT), few(prompts))}
 
 
 def test_greedy_outputs_agree_token_for_token(sglang_outputs, reference, prompts):
@@ -145,12 +157,13 @@ def test_acceptance_equals_the_reference_engines_request_by_request(name, sglang
 
 
 def test_a_draft_tree_is_lossless_and_accepts_what_the_reference_engine_accepts(smollm2, logs, prompts,
-                                                                                 sglang_outputs):
+                                                                                 sglang_outputs, background):
     """topk > 1: SGLang's tree build, tree-masked verification and greedy tree walk (our test kernels) against
     the reference engine's EAGLE-2 tree, on the first 3 prompts of each bench."""
     subset, draft = few(prompts), shipped_draft_dir(DEFAULT_DRAFT)
+    job = background.submit(reference_generations, smollm2, draft, subset, TREE)
     responses = serve_and_generate("prism-tree", smollm2, logs, subset, "PRISM", draft, TREE)
-    generations = reference_generations(smollm2, draft, subset, TREE)
+    generations = job.result()
     none = dict(zip((p for p, _ in prompts), sglang_outputs["none"], strict=True))
     for (prompt, _), response, generation in zip(subset, responses, generations, strict=True):
         assert response["output_ids"] == none[prompt]["output_ids"] == generation.output_ids, prompt
@@ -189,15 +202,17 @@ def later_acceptances(histogram: list[int]) -> int:
     return sum((accepted - 1) * cycles for accepted, cycles in enumerate(histogram) if accepted > 1)
 
 
-def test_draft_steps_run_their_own_module_inside_sglang(smollm2, logs, prompts, sglang_outputs, tmp_path):
+def test_draft_steps_run_their_own_module_inside_sglang(smollm2, logs, prompts, sglang_outputs, background,
+                                                        tmp_path):
     """Module 1 (steps >= 1) replaced by noise, module 0 kept: still lossless, and SGLang accepts exactly what the
     reference engine accepts with that draft. Module 0 is the shipped draft's, so an SGLang that ran module 0 at
     every step would accept exactly what it accepts with the shipped draft: it does not, and the drafts of the
     later steps are accepted less often."""
     noisy = write_draft_with_noise_in_module(shipped_draft_dir(DEFAULT_DRAFT), 1, tmp_path / "noisy-prism")
     subset = few(prompts)
+    job = background.submit(reference_generations, smollm2, noisy, subset)
     responses = serve_and_generate("prism-noisy-module-1", smollm2, logs, subset, "PRISM", noisy)
-    generations = reference_generations(smollm2, noisy, subset)
+    generations = job.result()
     none = {prompt: r["output_ids"] for (prompt, _), r in zip(prompts, sglang_outputs["none"], strict=True)}
     for (prompt, _), response, generation in zip(subset, responses, generations, strict=True):
         assert response["output_ids"] == none[prompt] == generation.output_ids, prompt
