@@ -35,16 +35,18 @@ async def _bounded(concurrency: int, jobs: Sequence[Any]) -> list[Any]:
 
 
 # -- non-streamed requests: acceptance probe, lossless check -----------------------------------------------
-async def _generate_all(base_url: str, texts: Sequence[str], params: dict[str, Any],
+async def _generate_all(base_url: str, prompts: Sequence[str | list[int]], params: dict[str, Any],
                         concurrency: int) -> list[dict[str, Any]]:
+    """A prompt is text, or token ids (then server and reference see exactly the same input)."""
     async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT) as client:
-        async def one(text: str) -> dict[str, Any]:
-            response = await client.post("/generate", json={"text": text, "sampling_params": params})
+        async def one(prompt: str | list[int]) -> dict[str, Any]:
+            field = "text" if isinstance(prompt, str) else "input_ids"
+            response = await client.post("/generate", json={field: prompt, "sampling_params": params})
             if response.status_code != 200:
                 raise BenchError(f"/generate failed: HTTP {response.status_code}: {response.text[:300]}")
             return response.json()
 
-        return await _bounded(concurrency, [one(t) for t in texts])
+        return await _bounded(concurrency, [one(p) for p in prompts])
 
 
 def probe_meta_info(base_url: str, texts: Sequence[str], temperature: float, max_tokens: int,
@@ -54,7 +56,7 @@ def probe_meta_info(base_url: str, texts: Sequence[str], temperature: float, max
     return [r["meta_info"] for r in asyncio.run(_generate_all(base_url, texts, params, concurrency))]
 
 
-def generate_greedy(base_url: str, texts: Sequence[str], max_tokens: int,
+def generate_greedy(base_url: str, texts: Sequence[str | list[int]], max_tokens: int,
                     concurrency: int) -> list[dict[str, Any]]:
     """Each prompt once, temperature 0, EOS honoured (stopping must match too): {output_ids, meta_info} each, in
     prompt order."""

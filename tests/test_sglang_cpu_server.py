@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from bench.launch import Tree
 from bench.lossless import first_divergence
+from bench.native import generate_greedy
 from bench.prompts import BENCHES
 from bench.server import ServerStartError
 from prism_sglang.data.eval_sets import load_eval_set
@@ -30,7 +31,7 @@ from prism_sglang.engine.loading import encode_chat, load_engine
 from prism_sglang.engine.sampling import SamplingParams
 from prism_sglang.prepare_model import prepare_smollm2
 from prism_sglang.resources import BASELINE_DRAFT, DEFAULT_DRAFT, shipped_draft_dir
-from tests.sglang_cpu import CHAIN, generate_greedy, server_spec, sglang_cpu_server
+from tests.sglang_cpu import CHAIN, server_spec, sglang_cpu_server
 from tests.sglang_support import import_sglang
 
 import_sglang()  # skips (or fails under PRISM_REQUIRE_SGLANG=1) without a usable sglang
@@ -65,7 +66,7 @@ def serve_and_generate(name: str, smollm2: Path, logs: Path, prompts: list[tuple
                        algorithm: str | None = None, draft: Path | None = None,
                        tree: Tree = CHAIN) -> list[dict[str, Any]]:
     with sglang_cpu_server(name, smollm2, logs, algorithm, draft, tree) as server:
-        return generate_greedy(server.spec.url, [ids for _, ids in prompts], MAX_TOKENS)
+        return generate_greedy(server.spec.url, [ids for _, ids in prompts], MAX_TOKENS, concurrency=8)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def prism_server(smollm2, logs, reference_jobs):
 @pytest.fixture(scope="module")
 def sglang_outputs(smollm2, logs, prompts, prism_server) -> dict[str, list[dict[str, Any]]]:
     """Greedy /generate responses of the PRISM, no-speculation and EAGLE-3 servers on every prompt."""
-    outputs = {"prism": generate_greedy(prism_server.spec.url, [ids for _, ids in prompts], MAX_TOKENS)}
+    outputs = {"prism": generate_greedy(prism_server.spec.url, [ids for _, ids in prompts], MAX_TOKENS, concurrency=8)}
     outputs["none"] = serve_and_generate("none", smollm2, logs, prompts)
     outputs["eagle3"] = serve_and_generate("eagle3", smollm2, logs, prompts, "EAGLE3",
                                            shipped_draft_dir(BASELINE_DRAFT))

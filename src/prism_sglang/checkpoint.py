@@ -1,14 +1,14 @@
 """Draft checkpoints: the HF folder of DESIGN §1 (`config.json` + safetensors), never pickle.
 
-One loader serves everyone (engine, trainer, upcycler, SGLang model): `canonical_tensor_name` and
-`check_tensors` define which names and shapes a config implies. EAGLE-3 checkpoints load as PRISM with one
-module, whether written by SpecForge (`midlayer.*`) or SGLang-style (`layers.0.*`).
+One loader serves everyone (engine, trainer, upcycler, SGLang model): `canonical_tensor_name`,
+`check_tensor_shape` and `check_complete` define which names and shapes a config implies. EAGLE-3 checkpoints
+load as PRISM with one module, whether written by SpecForge (`midlayer.*`) or SGLang-style (`layers.0.*`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,6 @@ def canonical_tensor_name(name: str, config: PrismConfig) -> str:
     if config.is_eagle3 and name.startswith("midlayer."):
         name = "layers.0." + name.removeprefix("midlayer.")
     return name
-
-
-def check_tensors(config: PrismConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Raise CheckpointError unless `shapes` (canonical names) is exactly what `config` implies."""
-    for name, shape in shapes.items():
-        check_tensor_shape(config, name, shape)
-    check_complete(config, shapes.keys())
 
 
 def check_tensor_shape(config: PrismConfig, name: str, shape: tuple[int, ...]) -> None:

@@ -11,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench.common import free_port
 from bench.launch import Config, Tree, sglang_cpu_command, sglang_cpu_env
@@ -40,18 +37,3 @@ def sglang_cpu_server(*args: Any, **kwargs: Any) -> Iterator[ServerProcess]:
     """`server_spec(...)`'s server, healthy, for the block."""
     with ServerProcess(server_spec(*args, **kwargs)) as server:
         yield server
-
-
-def generate_greedy(url: str, prompts: Sequence[list[int]], max_tokens: int, concurrency: int = 8
-                    ) -> list[dict[str, Any]]:
-    """Each prompt's token ids once through /generate at temperature 0 (EOS honoured), `concurrency` in flight;
-    {output_ids, meta_info} per prompt, in order. Token ids in, so the server and the reference engine see
-    exactly the same input."""
-    def one(ids: list[int]) -> dict[str, Any]:
-        body = {"input_ids": ids, "sampling_params": {"temperature": 0.0, "max_new_tokens": max_tokens}}
-        response = httpx.post(url + "/generate", json=body, timeout=1800.0)
-        response.raise_for_status()
-        return response.json()
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(one, prompts))

@@ -173,7 +173,7 @@ class Generation:
         self._target_cache = out.past_key_values
         first = sample_token(out.logits[0, -1], self.params, self._generator)
         self._m = len(self.prompt_ids)
-        emitted = self._emit([first], out.logits[0, -1:])
+        emitted = self._emit([first], out.logits[0], [-1])
         if self.speculative and not self.finished:
             self._draft_extend(torch.cat([ids[:, 1:], torch.tensor([[first]])], dim=1), out.features)
         self.stats.add_time("prefill", time.perf_counter() - start)
@@ -184,7 +184,7 @@ class Generation:
         out = self.engine.target.forward(torch.tensor([[self.output_ids[-1]]]), past_key_values=self._target_cache)
         self._m += 1
         token = sample_token(out.logits[0, -1], self.params, self._generator)
-        emitted = self._emit([token], out.logits[0, -1:])
+        emitted = self._emit([token], out.logits[0], [-1])
         if self.speculative and not self.finished:
             # Keep the draft in step with the target, so a later cycle can resume drafting.
             self._draft_extend(torch.tensor([[token]]), out.features)
@@ -215,7 +215,7 @@ class Generation:
         tokens = [int(tree.tokens[i - 1]) for i in result.nodes] + [result.bonus]
         self.stats.record_cycle(len(result.nodes))
         self._m += len(tokens)
-        emitted = self._emit(tokens, out.logits[0, keep])  # token j was chosen at the j-th node of the path
+        emitted = self._emit(tokens, out.logits[0], keep)  # token j was chosen at node keep[j] of the path
         if not self.finished:
             self._draft_extend(torch.tensor([tokens]), out.features[:, keep])
         t3 = time.perf_counter()
@@ -232,14 +232,14 @@ class Generation:
             self._draft_logits = draft.logits(hidden)[0]
 
     # -- stops -----------------------------------------------------------------------------------------
-    def _emit(self, tokens: list[int], logits: Tensor) -> list[int]:
+    def _emit(self, tokens: list[int], logits: Tensor, rows: Sequence[int] | Tensor) -> list[int]:
         """Append tokens one by one until a stop: EOS / stop token, max_new_tokens, or a stop string.
-        `logits[j]` is the target's row that token j was chosen from (for the recorded logprobs)."""
+        `logits[rows[j]]` is the target's row that token j was chosen from; read only to record logprobs."""
         emitted = []
-        for token, row in zip(tokens, logits, strict=True):
+        for token, row in zip(tokens, rows, strict=True):
             self.output_ids.append(token)
             if self.logprobs is not None:
-                self.logprobs.append(token_logprob(row, token, self.params))
+                self.logprobs.append(token_logprob(logits[int(row)], token, self.params))
             emitted.append(token)
             if token in self._finish_ids:
                 self.matched_stop = token
