@@ -101,3 +101,22 @@ def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPat
     _chatterbot_records.cache_clear()
     with pytest.raises(MissingPackageError, match=r"pip install --no-deps 'chatterbot-corpus==1\.3\.3'"):
         load_prompts("chatterbot")
+
+
+def test_sharegpt_answers_follow_their_turns() -> None:
+    from prism_sglang.data.prompt_sources import _sharegpt_turns
+
+    def turn(role, text):
+        return {"from": role, "value": text}
+
+    chat = [turn("system", "banner"), turn("human", "Q1"), turn("gpt", "A1"), turn("human", "Q2"),
+            turn("human", "Q3"), turn("gpt", "A3")]
+    # Q2 is left unanswered (another question follows), so the answers stop after A1.
+    assert _sharegpt_turns(chat) == (("Q1", "Q2", "Q3"), ("A1",))
+    assert _sharegpt_turns([turn("gpt", "orphan answer"), turn("human", "Q")]) == ((), ())
+    long_chat = [turn("human", "Q1"), turn("gpt", "A1"), turn("human", "x" * 9000), turn("gpt", "A2")]
+    assert _sharegpt_turns(long_chat) == (("Q1",), ("A1",))
+    # The shipped ShareGPT data: most prompts carry their answers, each an answer to its own turn.
+    prompts = load_prompts("sharegpt", limit=200)
+    assert sum(bool(p.answers) for p in prompts) > 150
+    assert all(len(p.answers) <= len(p.user_turns) for p in prompts)

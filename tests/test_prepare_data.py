@@ -71,3 +71,21 @@ def test_eval_prompts_and_bad_lines_are_refused_good_lines_kept(chat_target, tmp
     DataPreparer(target, tokenizer, config, tmp_path / "out", log=messages.append, progress=False).run()
     assert any("3 already generated, 0 to go" in m for m in messages)
     assert (tmp_path / "out" / "train.jsonl").read_text() == before
+
+
+def test_keep_answers_writes_the_sources_own_turns_without_a_target(chat_target, tmp_path):
+    _, tokenizer = chat_target
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(_lines()) + "\n")
+    config = PrepareConfig(sources={}, prompts_file=str(prompts), heldout_fraction=0.0, keep_answers=True)
+    messages = []
+    manifest = DataPreparer(None, tokenizer, config, tmp_path / "out", log=messages.append, progress=False).run()
+    # Only line 3 has an answer; the other good lines are rejected as such, the eval overlaps as before.
+    reasons = {r["where"]: r["reason"] for r in manifest["rejected"]}
+    assert reasons["file/line1"] == reasons["file/line7"] == "no assistant answer to keep"
+    assert "overlaps evaluation items mt-bench/81" in reasons["file/line5"]
+    [conversation] = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    # The answered turn with its own answer; "Give an example." has none, so it is not kept.
+    assert conversation["messages"] == [{"role": "user", "content": "What is a prime number?"},
+                                        {"role": "assistant", "content": "old answer, regenerated"}]
+    assert manifest["train"] == 1 and manifest["config"]["keep_answers"]

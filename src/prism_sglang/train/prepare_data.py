@@ -1,5 +1,7 @@
 """`prism-sglang prepare-data`: self-distillation. Prompts from offline sources (or the user's JSONL), answered
-by the target itself with its chat template, written as OpenAI-format JSONL conversations.
+by the target itself with its chat template, written as OpenAI-format JSONL conversations. With
+`keep_answers` the sources' own assistant turns are kept instead (the PRISM paper's recipe: the target labels
+them with its distribution during training, so no generation is needed and the data is ready in seconds).
 
 Evaluation prompts (MT-bench, HumanEval, GSM8K test) never enter: every prompt is checked against all three
 evaluation sets (`prism_sglang.data.decontaminate`) and refused with the items it overlaps. Generation is
@@ -48,6 +50,7 @@ class PrepareConfig:
     batch_size: int = 16
     heldout_fraction: float = 0.05
     seed: int = 0
+    keep_answers: bool = False  # the sources' own assistant turns instead of the target's answers
 
 
 @dataclass
@@ -65,8 +68,19 @@ def file_prompts(path: str) -> tuple[list[TrainingPrompt], list[Rejection]]:
             continue
         system = next((m["content"] for m in result if m["role"] == "system"), None)
         turns = [m["content"] for m in result if m["role"] == "user"]
-        prompts.append(TrainingPrompt("file", f"line{line_no}", system, turns))
+        prompts.append(TrainingPrompt("file", f"line{line_no}", system, turns, _answers(result)))
     return prompts, rejected
+
+
+def _answers(messages: Sequence[dict[str, str]]) -> list[str]:
+    """The assistant message right after each user message, up to the first user message left unanswered."""
+    answers = []
+    for i, m in enumerate(messages):
+        if m["role"] == "user":
+            if i + 1 >= len(messages) or messages[i + 1]["role"] != "assistant":
+                break
+            answers.append(messages[i + 1]["content"])
+    return answers
 
 
 def screen(prompts: Sequence[TrainingPrompt], decontaminator: Decontaminator) -> tuple[list, list[Rejection]]:
@@ -99,7 +113,7 @@ def _is_heldout(prompt_key: str, fraction: float, seed: int) -> bool:
 
 
 class DataPreparer:
-    def __init__(self, target: TargetModel, tokenizer, config: PrepareConfig, out_dir: str | Path,
+    def __init__(self, target: TargetModel | None, tokenizer, config: PrepareConfig, out_dir: str | Path,
                  log: Callable[[str], None] = print, progress: bool = True) -> None:
         self.target, self.tokenizer, self.config = target, tokenizer, config
         self.out_dir = Path(out_dir)
@@ -118,7 +132,7 @@ class DataPreparer:
         prompts, contaminated = screen(deduplicate(prompts), decontaminator or default_decontaminator())
         kept = []
         for p in prompts:
-            p = TrainingPrompt(p.source, p.id, p.system, p.user_turns[: c.max_turns])
+            p = TrainingPrompt(p.source, p.id, p.system, p.user_turns[: c.max_turns], p.answers[: c.max_turns])
             length = len(encode_chat(self.tokenizer, [*_messages(p), {"role": "user", "content": p.user_turns[0]}]))
             if length > c.max_prompt_tokens:
                 rejected.append(Rejection(f"{p.source}/{p.id}", f"prompt has {length} tokens > {c.max_prompt_tokens}"))
@@ -134,6 +148,12 @@ class DataPreparer:
             self.log(f"rejected {r.where}: {r.reason}")
         generated_path = self.out_dir / "generated.jsonl"
         _drop_partial_line(generated_path)
+        if self.config.keep_answers:
+            prompts = self._keep_answers(prompts, generated_path, rejected)
+            manifest = self._finalise(generated_path, prompts, rejected, time.time() - start)
+            self.log(f"wrote {manifest['train']} train and {manifest['heldout']} held-out conversations (the "
+                     f"sources' own answers) to {self.out_dir}")
+            return manifest
         done = _finished_keys(generated_path)
         jobs = [(p, r) for p in prompts for r in range(self.config.responses_per_prompt) if _key(p, r) not in done]
         self.log(f"{len(prompts)} prompts x {self.config.responses_per_prompt} responses: "
@@ -151,6 +171,21 @@ class DataPreparer:
         manifest = self._finalise(generated_path, prompts, rejected, time.time() - start)
         self.log(f"wrote {manifest['train']} train and {manifest['heldout']} held-out conversations to {self.out_dir}")
         return manifest
+
+    def _keep_answers(self, prompts: list[TrainingPrompt], generated_path: Path,
+                      rejected: list[Rejection]) -> list[TrainingPrompt]:
+        """Write each prompt's own answered conversation (no target); prompts without answers are rejected."""
+        kept = []
+        with generated_path.open("w") as out:
+            for p in prompts:
+                if not p.answers:
+                    rejected.append(Rejection(f"{p.source}/{p.id}", "no assistant answer to keep"))
+                    self.log(f"rejected {p.source}/{p.id}: no assistant answer to keep")
+                    continue
+                kept.append(p)
+                out.write(json.dumps({"key": _key(p, 0), "source": p.source, "id": p.id,
+                                      "messages": p.conversation(self.config.max_turns), "truncated": False}) + "\n")
+        return kept
 
     def _generate(self, batch: list[tuple[TrainingPrompt, int]]) -> list[dict]:
         """Answer every user turn of every conversation in the batch, turn by turn."""
