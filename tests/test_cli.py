@@ -78,3 +78,30 @@ def test_upcycle_then_generate_and_eval(trained, tiny_chat_target_dir, tmp_path,
     assert len(mt["per_position_acceptance"]) == 5
     assert report["settings"]["temperature"] == 1.0 and report["settings"]["draft_modules"] == 3
     assert "tau (95% CI)" in out and "mt-bench" in out
+
+
+def test_eval_on_the_users_own_prompt_files(trained, tiny_chat_target_dir, tmp_path, capsys):
+    chats = tmp_path / "traffic.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant",
+                                                                                  "content": "ignored"},
+                                              {"role": "user", "content": "And then?"}]}) + "\n\n"
+                     + json.dumps({"conversations": [{"from": "human", "value": "Tell me a joke."}]}) + "\n")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("What is two plus two?\n\nName a colour.\nName a fruit.\n")
+    report_path = tmp_path / "eval.json"
+    assert main(["eval", "--prompts", str(chats), "--prompts", str(plain), "--limit", "2", "--target",
+                 str(tiny_chat_target_dir), "--draft", str(trained / "final"), "--max-new-tokens", "4",
+                 "--no-baseline", "--out", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert set(report["benches"]) == {"traffic", "plain"}
+    assert report["benches"]["traffic"]["requests"] == 2 and report["benches"]["plain"]["requests"] == 2
+    assert report["all"]["requests"] == 4 and report["benches"]["traffic"]["cycles"] > 0
+    assert "traffic" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "ok"}]}) + "\n{broken\n")
+    for path, message in ((bad, r"bad.jsonl:2: invalid JSON"), (tmp_path / "missing.txt", "no such file")):
+        with pytest.raises(SystemExit, match=message):
+            main(["eval", "--prompts", str(path), "--target", str(tiny_chat_target_dir)])
+    with pytest.raises(SystemExit, match="--bench NAME and/or --prompts FILE"):
+        main(["eval", "--target", str(tiny_chat_target_dir)])

@@ -10,8 +10,8 @@ from prism_sglang.checkpoint import load_draft, save_draft
 from prism_sglang.engine import SamplingParams, SpeculativeEngine, TreeSettings
 from prism_sglang.engine.batch import generate_batch
 from prism_sglang.train.data import Example, collate
-from prism_sglang.train.targets import FeatureCache, online_batch, target_fingerprint
-from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft
+from prism_sglang.train.targets import FeatureCache, causal_mask, online_batch, target_fingerprint
+from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft, resolve_precision, ttt_loss
 from prism_sglang.train.upcycle import upcycle
 from prism_sglang.train.vocab import build_draft_vocab
 
@@ -107,3 +107,47 @@ def test_draft_vocab_from_frequencies():
     assert padded.tolist() == [0, 1, 4]
     with pytest.raises(ValueError):
         build_draft_vocab([1], draft_vocab_size=13, vocab_size=12)
+
+
+def test_online_targets_equal_the_full_logits_of_a_padded_batch(predictable_target):
+    """The draft-vocabulary logits from the final hidden state, the block-wise argmax and the plain causal
+    attention of a right-padded batch give what the full [B, T, V] logits of a padding-masked forward give."""
+    examples = _examples(predictable_target, n=3, length=30)
+    examples[1] = Example(examples[1].input_ids[:17], examples[1].loss_mask[:17])  # unequal lengths: padding
+    vocab = build_draft_vocab([t for e in examples for t in e.input_ids], 40, predictable_target.vocab_size)
+    draft = new_draft(predictable_target, 1, (0,), vocab, aux_layer_ids=[1, 3, 4])
+    ids, attention, _ = collate(examples)
+    assert causal_mask(attention) is None
+    assert causal_mask(attention.flip(-1)) is not None  # left padding keeps its mask
+    batch = online_batch(predictable_target, draft, ids, attention)
+    full = predictable_target.forward(ids, attention_mask=attention.long())
+    real = attention
+    torch.testing.assert_close(batch.logits[real], full.logits[..., draft.draft_to_target][real], atol=1e-4, rtol=1e-5)
+    assert torch.equal(batch.in_vocab[real], draft.t2d[full.logits.argmax(-1)][real])
+    torch.testing.assert_close(batch.features[real], full.features[real], atol=1e-4, rtol=1e-5)
+
+
+def test_bf16_loss_tracks_the_fp32_loss(predictable_target):
+    examples = _examples(predictable_target, n=6)
+    draft = new_draft(predictable_target, 2, (0, 1), aux_layer_ids=[1, 3, 4])
+    ids, attention, loss_mask = collate(examples)
+    targets = online_batch(predictable_target, draft, ids, attention)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        draft.zero_grad()
+        config = TrainConfig(ttt_steps=3, precision=precision)
+        loss, metrics = ttt_loss(draft, targets, ids, attention, loss_mask, config)
+        loss.backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in draft.parameters())
+        assert draft.fc.weight.grad.dtype == torch.float32  # fp32 master weights under autocast
+        losses[precision] = metrics.losses
+    torch.testing.assert_close(torch.tensor(losses["bf16"]), torch.tensor(losses["fp32"]), rtol=0.03, atol=0.03)
+
+
+def test_precision_choice():
+    assert resolve_precision("fp32", "cuda") == "fp32" and resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", "cpu")
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        TrainConfig(precision="auto")

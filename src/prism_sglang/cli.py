@@ -59,11 +59,10 @@ def _prepare_data(args: argparse.Namespace) -> None:
         sources=sources, prompts_file=args.prompts, responses_per_prompt=args.responses_per_prompt,
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=args.max_prompt_tokens, max_turns=args.max_turns, batch_size=args.batch_size,
-        heldout_fraction=args.heldout,
-        seed=args.seed,
+        heldout_fraction=args.heldout, seed=args.seed, keep_answers=args.keep_answers,
     )
     target_dir = _target_dir(args.target)
-    target = TargetModel.load(target_dir, dtype=torch.float32)
+    target = None if args.keep_answers else TargetModel.load(target_dir, dtype=torch.float32)
     DataPreparer(target, AutoTokenizer.from_pretrained(target_dir), config, args.out).run()
 
 
@@ -88,20 +87,22 @@ def _device(name: str) -> str:
 
 def _train(args: argparse.Namespace) -> None:
     from prism_sglang.train.pipeline import TrainJob, run_training
-    from prism_sglang.train.trainer import TrainConfig
+    from prism_sglang.train.trainer import TrainConfig, resolve_precision
 
     table = args.table or tuple(range(args.modules))
+    device = _device(args.device)
     config = TrainConfig(
         ttt_steps=args.ttt_steps, step_weighting=args.step_weights, learning_rate=args.lr,
         warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, batch_size=args.batch_size, epochs=args.epochs,
         max_steps=args.max_steps, seed=args.seed, save_every=args.save_every,
+        precision=resolve_precision(args.precision, device),
     )
     run_training(TrainJob(
         target=_target_dir(args.target), data=args.data, out=args.out, num_modules=args.modules,
         step_modules=table, init_from=args.init_from, draft_vocab_size=args.draft_vocab_size,
         aux_layer_ids=list(args.aux_layers) if args.aux_layers else None, limit=args.limit,
         max_length=args.max_length, feature_cache=args.feature_cache, skip_contaminated=args.skip_contaminated,
-        device=_device(args.device), resume=args.resume, config=config,
+        device=device, resume=args.resume, config=config,
     ))
 
 
@@ -175,13 +176,21 @@ def _eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from prism_sglang.engine.loading import load_engine
-    from prism_sglang.evaluate import evaluate, format_table
+    from prism_sglang.evaluate import PromptFileError, evaluate, format_table, load_prompt_file
 
+    if not args.bench and not args.prompts:
+        raise SystemExit("error: give --bench NAME and/or --prompts FILE")
+    try:  # a bad prompt file fails before the models load
+        for path in args.prompts or ():
+            load_prompt_file(path)
+    except PromptFileError as e:
+        raise SystemExit(f"error: {e}") from None
     engine = load_engine(_target_dir(args.target), _draft_dir(args), _tree(args))
     if engine.draft is None:
         raise SystemExit("error: eval measures a draft; give --draft (or use the shipped one)")
-    benches = [b for value in args.bench for b in value.split(",")]
-    report = evaluate(engine, benches, _sampling(args), limit=args.limit, baseline=not args.no_baseline)
+    benches = [b for value in args.bench or () for b in value.split(",")]
+    report = evaluate(engine, benches, _sampling(args), limit=args.limit, baseline=not args.no_baseline,
+                      prompt_files=args.prompts or ())
     report["settings"].update(target=args.target or "smollm2", draft=_draft_dir(args))
     print(format_table(report))
     if args.out:
@@ -231,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Answer prompts from offline sources (and/or --prompts FILE) with the target's "
                        "own chat template and write OpenAI-format conversations: OUT/train.jsonl, OUT/heldout.jsonl, "
                        "OUT/manifest.json. Prompts overlapping MT-bench, HumanEval or GSM8K test are refused. "
-                       "Interrupted runs resume from OUT/generated.jsonl.")
+                       "Interrupted runs resume from OUT/generated.jsonl. --keep-answers keeps the sources' own "
+                       "answers instead (no generation).")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--target", default=None, help="HF target folder (default: SmolLM2-135M-Instruct, prepared)")
     p.add_argument("--source", action="append", metavar="NAME=COUNT",
@@ -246,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=3, help="user turns answered per conversation (default 3)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--heldout", type=float, default=0.05, help="fraction of prompts held out (default 0.05)")
+    p.add_argument("--keep-answers", action="store_true",
+                   help="keep the sources' own assistant turns instead of generating answers with the target (the "
+                        "PRISM paper's recipe; seconds instead of hours; sources with answers: sharegpt, --prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_prepare_data)
 
@@ -283,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16: target in bf16, draft under bf16 autocast (fp32 weights); auto (default) = bf16 on "
+                        "CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_train)
 
@@ -302,11 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_generate)
 
     p = sub.add_parser("eval", help="acceptance (tau, per position) and speed vs target-only on eval benches",
-                       description="Runs MT-bench / HumanEval / GSM8K prompts through speculative and target-only "
-                       "decoding in the same run; prints a table and writes JSON with --out.")
-    p.add_argument("--bench", action="append", required=True, metavar="NAME",
+                       description="Runs MT-bench / HumanEval / GSM8K prompts, or your own prompt files, through "
+                       "speculative and target-only decoding in the same run; prints a table and writes JSON with "
+                       "--out.")
+    p.add_argument("--bench", action="append", metavar="NAME",
                    help="mt-bench, humaneval, gsm8k (repeatable or comma-separated)")
-    p.add_argument("--limit", type=int, default=None, help="first N prompts of each bench")
+    p.add_argument("--prompts", action="append", metavar="FILE",
+                   help="your own prompts (repeatable): chat JSONL in OpenAI or ShareGPT format (user turns asked in "
+                        "order) or plain text, one prompt per line; reported under the file's name")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts of each bench or file")
     p.add_argument("--no-baseline", action="store_true", help="skip target-only decoding (no speed ratio)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     _add_engine_arguments(p, max_new_tokens=256)

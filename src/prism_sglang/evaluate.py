@@ -1,5 +1,6 @@
-"""Offline acceptance evaluation (`prism-sglang eval`): MT-bench, HumanEval and GSM8K prompts through the
-reference engine, speculative and target-only decoding measured side by side in one run.
+"""Offline acceptance evaluation (`prism-sglang eval`): MT-bench, HumanEval and GSM8K prompts, or the user's
+own prompt files, through the reference engine, speculative and target-only decoding measured side by side in
+one run.
 
 Per bench: mean tau with a 95% interval (over requests), per-position conditional acceptance, the accept
 histogram, the draft / verify / extend time split, and tokens/s of both decoders with their ratio. MT-bench's
@@ -16,12 +17,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from prism_sglang.data.eval_sets import EVAL_BENCHES, EvalItem, load_eval_set
+from prism_sglang.data.prompt_sources import ConversationError, iter_conversations
 from prism_sglang.engine import SamplingParams, SpecStats, SpeculativeEngine
 from prism_sglang.engine.loading import encode_chat
 
@@ -84,6 +87,32 @@ def evaluate_item(engine: SpeculativeEngine, item: EvalItem, params: SamplingPar
     result.stats = result.stats.merge(stats)
 
 
+class PromptFileError(ValueError):
+    """A prompt file `eval --prompts` cannot use; the message names the file (and line)."""
+
+
+def load_prompt_file(path: str | Path, limit: int | None = None) -> list[EvalItem]:
+    """Prompts from the user's own file, as eval items named after the file: chat JSONL (OpenAI `messages` or
+    ShareGPT `conversations`; each line's user turns are asked in order, its assistant turns ignored) or plain
+    text with one prompt per line. A JSONL line that cannot be read is an error naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"{path}: no such file")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise PromptFileError(f"{path}: no prompts (the file is empty)")
+    name = path.stem
+    if not lines[0].lstrip().startswith("{"):
+        items = [EvalItem(name, str(i), [line.strip()]) for i, line in enumerate(lines, 1)]
+    else:
+        items = []
+        for line_no, result in iter_conversations(path):
+            if isinstance(result, ConversationError):
+                raise PromptFileError(str(result))
+            items.append(EvalItem(name, str(line_no), [m["content"] for m in result if m["role"] == "user"]))
+    return items[:limit]
+
+
 def evaluate(
     engine: SpeculativeEngine,
     benches: Sequence[str],
@@ -91,15 +120,23 @@ def evaluate(
     limit: int | None = None,
     baseline: bool = True,
     progress: bool = True,
+    prompt_files: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
-    """Run the benches; returns the JSON-able report (settings + one summary per bench + all benches pooled)."""
+    """Run the benches and prompt files; returns the JSON-able report (settings + one summary per bench or file
+    + all pooled)."""
     for bench in benches:
         if bench not in EVAL_BENCHES:
             raise ValueError(f"unknown bench '{bench}'; choose from {', '.join(EVAL_BENCHES)}")
+    item_sets = {bench: load_eval_set(bench, limit) for bench in benches}
+    for path in prompt_files:
+        items = load_prompt_file(path, limit)
+        name = items[0].bench
+        if name in item_sets:
+            raise PromptFileError(f"{path}: another bench or prompt file is already named '{name}'; rename it")
+        item_sets[name] = items
     depth = engine.tree.num_steps
     results = {}
-    for bench in benches:
-        items = load_eval_set(bench, limit)
+    for bench, items in item_sets.items():
         result = BenchResult(bench)
         for i, item in enumerate(tqdm(items, desc=bench, unit="prompt", disable=not progress, dynamic_ncols=True)):
             seeded = SamplingParams(**{**params.__dict__, "seed": (params.seed or 0) + i})

@@ -79,6 +79,10 @@ class TargetModel:
     def embedding_weight(self) -> Tensor:
         return self.model.get_input_embeddings().weight
 
+    def lm_head_weight(self) -> Tensor:
+        """[V, H]: logits = final normed hidden @ lm_head_weight().T."""
+        return self.model.get_output_embeddings().weight
+
     @torch.no_grad()
     def forward(
         self,

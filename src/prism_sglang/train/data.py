@@ -32,6 +32,8 @@ def tokenize_conversation(tokenizer, messages: Sequence[Message], max_length: in
         if message["role"] != "assistant":
             continue
         start = len(encode_chat(tokenizer, messages[:i], add_generation_prompt=True))
+        if start >= max_length:  # later turns are cut off anyway: stop rendering ever longer prefixes
+            break
         end = len(encode_chat(tokenizer, messages[: i + 1], add_generation_prompt=False))
         mask[start:end] = [True] * (end - start)
     ids, mask = ids[:max_length], mask[:max_length]

@@ -117,7 +117,8 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print, progress: bo
     tokens = sum(len(e.input_ids) for e in examples)
     log(f"{len(examples)} conversations, {tokens} tokens ({sum(sum(e.loss_mask) for e in examples)} assistant)")
 
-    target = TargetModel.load(job.target, device=job.device)
+    dtype = torch.bfloat16 if job.config.precision == "bf16" else torch.float32
+    target = TargetModel.load(job.target, dtype=dtype, device=job.device)
     draft = make_draft(job, target, examples, log)
     target.set_aux_layers(draft.config.resolved_aux_layer_ids(target.num_layers))
     draft = draft.to(job.device)

@@ -33,10 +33,37 @@ class TargetBatch:
     in_vocab: Tensor  # [B, T] bool: the target's argmax (full vocabulary) is in the draft vocabulary
 
 
+# Positions per block when scanning the full vocabulary for the target's argmax: bounds the [rows, V] logits
+# block (256 x 49152 fp32 = 50 MB for SmolLM2) instead of materialising [B, T, V] for the whole batch.
+ARGMAX_BLOCK = 256
+
+
+@torch.no_grad()
+def full_vocab_argmax(hidden: Tensor, head: Tensor) -> Tensor:
+    """argmax over the full vocabulary of `hidden @ head.T`, block by block. [..., H] -> [...] long."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    top = torch.cat([(block @ head.T).argmax(-1) for block in flat.split(ARGMAX_BLOCK)]) if flat.numel() else (
+        torch.zeros(0, dtype=torch.long, device=hidden.device))
+    return top.reshape(hidden.shape[:-1])
+
+
+def causal_mask(attention: Tensor) -> Tensor | None:
+    """None (plain causal attention, SDPA's fast path) when every row is right-padded: padding then sits after
+    each row's real tokens and no real token attends to it, so the real positions' outputs are the same."""
+    lengths = attention.sum(-1, keepdim=True)
+    right_padded = bool((attention == (torch.arange(attention.shape[-1], device=attention.device) < lengths)).all())
+    return None if right_padded else attention.long()
+
+
 @torch.no_grad()
 def online_batch(target: TargetModel, draft: PrismDraft, ids: Tensor, attention: Tensor) -> TargetBatch:
-    out = target.forward(ids, attention_mask=attention.long())
-    return TargetBatch(out.features, out.logits[..., draft.draft_to_target].float(), draft.t2d[out.logits.argmax(-1)])
+    """One target forward. Logits come from the final hidden state over the draft vocabulary only (the full
+    [B, T, V] logits are never built: for SmolLM2 at T = 1024 they are 200 MB per row); the full-vocabulary
+    argmax is scanned in blocks."""
+    out = target.forward(ids, logits_to_keep=1, final_hidden=True, attention_mask=causal_mask(attention))
+    head = target.lm_head_weight()
+    logits = (out.final_hidden @ head[draft.draft_to_target].T).float()
+    return TargetBatch(out.features, logits, draft.t2d[full_vocab_argmax(out.final_hidden, head)])
 
 
 def example_key(example: Example) -> str:
@@ -88,12 +115,13 @@ class FeatureCache:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 ids, attention, _ = collate([examples[i] for i in chunk])
-                out = target.forward(ids, attention_mask=attention.long(), final_hidden=True)
+                out = target.forward(ids, attention_mask=causal_mask(attention), logits_to_keep=1, final_hidden=True)
+                top = full_vocab_argmax(out.final_hidden, target.lm_head_weight())
                 for row, i in enumerate(chunk):
                     n, key = len(examples[i].input_ids), example_key(examples[i])
                     shard[f"{key}.features"] = out.features[row, :n].to(CACHE_DTYPE).contiguous()
                     shard[f"{key}.hidden"] = out.final_hidden[row, :n].to(CACHE_DTYPE).contiguous()
-                    shard[f"{key}.top"] = out.logits[row, :n].argmax(-1).to(torch.int32).contiguous()
+                    shard[f"{key}.top"] = top[row, :n].to(torch.int32).contiguous()
                     stored.add(key)
                 bar.update(len(chunk))
         index = len(list(self.directory.glob("shard-*.safetensors")))
@@ -115,7 +143,7 @@ class FeatureCache:
         missing = wanted - set(self._entries)
         if missing:
             raise ValueError(f"{self.directory}: {len(missing)} example(s) not cached; build the cache first")
-        self._head = target.model.get_output_embeddings().weight[draft.draft_to_target].detach().float()
+        self._head = target.lm_head_weight()[draft.draft_to_target].detach().float()
 
     def batch(self, indices: Sequence[int], draft: PrismDraft, device: torch.device) -> TargetBatch:
         """The cached target outputs of examples `indices`, right-padded like `collate` pads the tokens."""

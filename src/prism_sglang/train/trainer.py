@@ -1,7 +1,9 @@
 """PRISM draft training (DESIGN §4): online target forward -> TTT over K steps with per-step modules ->
 per-step soft cross-entropy against the target's distribution on assistant tokens -> AdamW.
 
-fp32 on CPU, bf16 autocast on CUDA. Checkpoints are the DESIGN §1 folder (fp32 while training, so a resumed run
+Precision: fp32, or bf16 (the target runs in bf16, the draft under bf16 autocast with fp32 master weights, the
+loss in fp32); `auto` picks bf16 on CUDA and on CPUs with native bf16 arithmetic (AVX-512 BF16 or AMX).
+Checkpoints are the DESIGN §1 folder (fp32 while training, so a resumed run
 continues bit for bit) plus the optimizer state as safetensors and a JSON trainer state; never pickle.
 """
 
@@ -30,6 +32,24 @@ from prism_sglang.train.targets import FeatureCache, TargetBatch, online_batch
 from prism_sglang.train.ttt import ttt_forward
 
 STEP_WEIGHTINGS = ("equal", "decay")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls then run at about twice the fp32 rate (measured: bench/train_speed.py)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
 @dataclass
@@ -47,8 +67,11 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     log_every: int = 10
+    precision: str = "fp32"  # fp32 or bf16 (resolve "auto" with resolve_precision before training)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16 here, got {self.precision!r}")
         if self.step_weighting not in STEP_WEIGHTINGS:
             raise ValueError(f"step_weighting must be one of {STEP_WEIGHTINGS}, got {self.step_weighting!r}")
         if self.ttt_steps < 1 or self.batch_size < 1 or self.epochs < 1:
@@ -87,7 +110,7 @@ def new_draft(
     draft = PrismDraft(config)
     draft.set_vocab_map(vocab_ids)
     with torch.no_grad():
-        draft.lm_head.weight.copy_(target.model.get_output_embeddings().weight[vocab_ids])
+        draft.lm_head.weight.copy_(target.lm_head_weight()[vocab_ids])
         draft.norm.weight.copy_(target.model.get_decoder().norm.weight)
     draft.attach_embedding(target.embedding_weight())
     return draft
@@ -106,11 +129,16 @@ def ttt_loss(
 ) -> tuple[Tensor, StepMetrics]:
     """Weighted mean over steps of the soft cross-entropy between draft step j at index t and the target's
     distribution (restricted to the draft vocabulary) for token t+2+j, on assistant tokens whose target
-    argmax is in the draft vocabulary (EAGLE-3's position mask)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ids.is_cuda)
+    argmax is in the draft vocabulary (EAGLE-3's position mask).
+
+    Only the scored rows go through the draft's lm_head and the vocabulary-sized softmaxes (the rest is prompt
+    and padding), and the target's distribution is computed once: step j reads it shifted by j."""
+    autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     with autocast:
         hiddens = ttt_forward(draft, ids, targets.features.to(draft.fc.weight.dtype), config.ttt_steps)
     t = ids.shape[1]
+    target_probs = torch.softmax(targets.logits, dim=-1)
+    target_top = targets.logits.argmax(-1)
     weights = config.weights()
     total, losses, accuracies = 0.0, [], []
     for j, hidden in enumerate(hiddens):
@@ -120,16 +148,14 @@ def ttt_loss(
             accuracies.append(0.0)
             continue
         valid = loss_mask[:, shift + 1 :] & targets.in_vocab[:, shift : t - 1] & attention[:, shift + 1 :]
+        rows, index = valid.nonzero(as_tuple=True)
         with autocast:
-            logits = draft.logits(hidden[:, : t - 1 - shift]).float()
-        target_logits = targets.logits[:, shift : t - 1]
-        ce = -(torch.softmax(target_logits, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1)
-        count = valid.sum().clamp_min(1)
-        step_loss = (ce * valid).sum() / count
+            logits = draft.logits(hidden[rows, index]).float()
+        count = max(1, rows.numel())
+        step_loss = F.cross_entropy(logits, target_probs[rows, index + shift], reduction="sum") / count
         total = total + weights[j] * step_loss
         losses.append(float(step_loss.detach()))
-        hits = (logits.argmax(-1) == target_logits.argmax(-1)) & valid
-        accuracies.append(float(hits.sum() / count))
+        accuracies.append(float((logits.argmax(-1) == target_top[rows, index + shift]).sum()) / count)
     loss = total / sum(weights)
     return loss, StepMetrics(float(loss.detach()), losses, accuracies, int(attention.sum()))
 
@@ -238,6 +264,7 @@ class Trainer:
                 targets = self.cache.batch(indices, self.draft, device)
             else:
                 targets = online_batch(self.target, self.draft, ids, attention)
+            target_seconds = time.perf_counter() - start
             loss, metrics = ttt_loss(self.draft, targets, ids, attention, loss_mask, self.config)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -246,9 +273,11 @@ class Trainer:
             self.scheduler.step()
             self.state.step += 1
             self.state.tokens += metrics.tokens
-            self.state.seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.state.seconds += seconds
             record = {"step": self.state.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
-                      "loss": metrics.loss, "tokens": self.state.tokens,
+                      "loss": metrics.loss, "tokens": self.state.tokens, "batch_tokens": metrics.tokens,
+                      "target_s": round(target_seconds, 4), "draft_s": round(seconds - target_seconds, 4),
                       **{f"loss_{j}": v for j, v in enumerate(metrics.losses)},
                       **{f"acc_{j}": v for j, v in enumerate(metrics.accuracies)}}
             self.state.history.append({k: record[k] for k in ("step", "loss")})
