@@ -1,0 +1,56 @@
+"""bench/train_speed.py and bench/learning_curve.py on a tiny chat target: the stage figures come from the real
+Trainer's log, and the learning curve averages what the trainer logged."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from bench.learning_curve import main as learning_curve
+from bench.learning_curve import window_means
+from bench.train_speed import end_to_end, measure_data, measure_training
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _conversations(n: int) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"Count to {i}."}, {"role": "assistant", "content": " ".join(
+        str(k) for k in range(i + 3))}] for i in range(n)]
+
+
+def test_stage_figures_come_from_the_trainer(tiny_chat_target_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_target_dir)
+    examples, data = measure_data(tokenizer, _conversations(12), max_length=64)
+    assert data["tokens"] == sum(len(e.input_ids) for e in examples) > 0 and data["tokens_per_s"] > 0
+    args = SimpleNamespace(draft_vocab_size=256, ttt_steps=2, batch_size=4, steps=2)
+    target, draft = measure_training(tiny_chat_target_dir, examples, "fp32", args)
+    # 2 timed steps of 4 conversations (the warm-up step is not counted).
+    assert target["tokens"] == draft["tokens"] and 0 < target["tokens"] <= data["tokens"]
+    assert target["seconds"] > 0 and draft["seconds"] > 0
+    rate = end_to_end(data, target, draft)
+    assert rate < min(s["tokens_per_s"] for s in (data, target, draft))
+    assert rate == pytest.approx(1 / sum(1 / s["tokens_per_s"] for s in (data, target, draft)))
+
+
+def test_learning_curve_averages_the_log(tmp_path):
+    rows = [{"step": i + 1, "tokens": 100 * (i + 1), "loss": float(10 - i), "acc_0": i / 10, "acc_1": i / 20}
+            for i in range(6)]
+    assert window_means(rows, 3) == [
+        {"step": 3, "tokens": 300, "loss": 9.0, "acc_0": pytest.approx(0.1), "acc_1": pytest.approx(0.05)},
+        {"step": 6, "tokens": 600, "loss": 6.0, "acc_0": pytest.approx(0.4), "acc_1": pytest.approx(0.2)},
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = tmp_path / "eval.json"
+    report.write_text(json.dumps({"all": {"tau": {"mean": 1.3, "ci95": [1.2, 1.4]},
+                                          "per_position_acceptance": [0.3]}}))
+    out = tmp_path / "curve.png"
+    assert learning_curve([str(run), "--window", "3", "--eval", f"600={report}", "--out", str(out)]) == 0
+    curve = json.loads(out.with_suffix(".json").read_text())
+    assert out.stat().st_size > 0 and len(curve["points"]) == 2 and curve["evals"][0]["tau"] == 1.3
+    assert learning_curve([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
