@@ -49,16 +49,24 @@ def measure_data(tokenizer, conversations: list[list[dict]], max_length: int) ->
                       "tokens_per_s": tokens / seconds}
 
 
-def measure_generation(target: TargetModel, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> dict:
+def median_length_batch(tokenizer, prompts: list[list[dict]], batch: int, max_prompt_tokens: int) -> list[list[int]]:
+    """The batch `prepare-data` would form around the median prompt: prompts over max_prompt_tokens dropped,
+    the rest sorted by length (prepare-data batches similar lengths together), `batch` taken at the middle."""
+    ids = sorted((i for i in (encode_chat(tokenizer, p) for p in prompts) if len(i) <= max_prompt_tokens), key=len)
+    start = max(0, len(ids) // 2 - batch // 2)
+    return ids[start : start + batch]
+
+
+def measure_generation(target: TargetModel, tokenizer, ids: list[list[int]], max_new_tokens: int) -> dict:
     """Self-distillation's cost: the target answering a batch of prompts (the sequence = prompt + answer)."""
-    ids = [encode_chat(tokenizer, p) for p in prompts]
     params = SamplingParams(temperature=0.8, max_new_tokens=max_new_tokens, eos_token_ids=(tokenizer.eos_token_id,))
     start = time.perf_counter()
     answers = generate_batch(target, ids, params, seeds=range(len(ids)), pad_id=tokenizer.pad_token_id or 0)
     seconds = time.perf_counter() - start
     answer_tokens = sum(len(a) for a in answers)
     sequence_tokens = answer_tokens + sum(len(i) for i in ids)
-    return {"stage": "data: target generation (self-distillation)", "batch": len(ids), "tokens": sequence_tokens,
+    return {"stage": "data: target generation (self-distillation)", "batch": len(ids),
+            "prompt_tokens": [min(map(len, ids)), max(map(len, ids))], "tokens": sequence_tokens,
             "answer_tokens": answer_tokens, "seconds": seconds, "tokens_per_s": sequence_tokens / seconds,
             "answer_tokens_per_s": answer_tokens / seconds}
 
@@ -100,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (default both)")
     p.add_argument("--generation-batch", type=int, default=32, help="prompts answered at once (default 32)")
     p.add_argument("--generation-tokens", type=int, default=160, help="answer length (default 160, the recipe's)")
+    p.add_argument("--generation-pool", type=int, default=512,
+                   help="ShareGPT first turns the generation batch is chosen from: the batch of median prompt "
+                        "length, prompts over 1024 tokens dropped, as prepare-data does (default 512)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--out", default=None, help="write the JSON here")
     args = p.parse_args(argv)
@@ -109,18 +120,22 @@ def main(argv: list[str] | None = None) -> int:
 
     target_dir = prepare_smollm2()
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
-    prompts = [q for q in load_prompts("sharegpt") if q.answers][: max(args.conversations, args.generation_batch)]
+    prompts = [q for q in load_prompts("sharegpt") if q.answers][: max(args.conversations, args.generation_pool)]
+    print(f"data: tokenizing {args.conversations} ShareGPT conversations", flush=True)
     examples, data = measure_data(tokenizer, [q.conversation(8) for q in prompts[: args.conversations]],
                                   args.max_length)
     stages = [data]
     target = TargetModel.load(target_dir)
-    generation = measure_generation(target, tokenizer, [[{"role": "user", "content": q.user_turns[0]}]
-                                                        for q in prompts[: args.generation_batch]],
-                                    args.generation_tokens)
+    batch = median_length_batch(tokenizer, [[{"role": "user", "content": q.user_turns[0]}] for q in prompts],
+                                args.generation_batch, max_prompt_tokens=1024)
+    print(f"data: the target answers {len(batch)} prompts ({len(batch[0])}-{len(batch[-1])} tokens) with "
+          f"{args.generation_tokens} tokens each", flush=True)
+    generation = measure_generation(target, tokenizer, batch, args.generation_tokens)
     stages.append(generation)
     del target
     by_precision = {}
     for precision in args.precisions.split(","):
+        print(f"training: {args.steps} optimizer steps in {precision}", flush=True)
         by_precision[precision] = measure_training(target_dir, examples, precision, args)
         stages += by_precision[precision]
     summary = {precision: {"dataset answers": end_to_end(data, *s), "self-distillation": end_to_end(generation, *s)}

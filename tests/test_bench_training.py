@@ -54,3 +54,16 @@ def test_learning_curve_averages_the_log(tmp_path):
     curve = json.loads(out.with_suffix(".json").read_text())
     assert out.stat().st_size > 0 and len(curve["points"]) == 2 and curve["evals"][0]["tau"] == 1.3
     assert learning_curve([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+
+
+def test_generation_batch_is_the_median_length_one(tiny_chat_target_dir):
+    from transformers import AutoTokenizer
+
+    from bench.train_speed import median_length_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_target_dir)
+    prompts = [[{"role": "user", "content": "word " * n}] for n in (50, 1, 9, 3, 7, 5, 2000)]
+    batch = median_length_batch(tokenizer, prompts, 3, max_prompt_tokens=100)
+    lengths = [len(ids) for ids in batch]
+    assert lengths == sorted(lengths) and len(batch) == 3  # 2000 words dropped; of 1 3 5 7 9 50: 5 7 9
+    assert tokenizer.decode(batch[0]).count("word") == 5 and tokenizer.decode(batch[-1]).count("word") == 9

@@ -55,6 +55,18 @@ def test_tree_mask_and_cache_selection(tiny_target):
         torch.testing.assert_close(kept.values, ref.values, **tol)
 
 
+def test_keep_cache_positions_moves_only_the_kept_tail(tiny_target):
+    """A chain's accepted prefix is cut in place; a branch's nodes are moved down behind the prefix."""
+    ids = torch.tensor([[3, 7, 1, 9, 4, 6, 2]])
+    for keep, expected in (([0, 1], [0, 1, 2, 3, 4, 5]), ([0, 2], [0, 1, 2, 3, 4, 6]), ([1], [0, 1, 2, 3, 5])):
+        cache = tiny_target.forward(ids).past_key_values
+        reference = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+        keep_cache_positions(cache, 4, torch.tensor(keep))
+        for layer, (keys, values) in zip(cache.layers, reference, strict=True):
+            torch.testing.assert_close(layer.keys, keys[:, :, expected], rtol=0, atol=0)
+            torch.testing.assert_close(layer.values, values[:, :, expected], rtol=0, atol=0)
+
+
 def test_aux_layer_out_of_range(tiny_target_dir):
     with pytest.raises(ValueError, match="aux layer id 8 is outside the target's decoder layers 0..7"):
         TargetModel.load(tiny_target_dir, aux_layer_ids=[1, 8])

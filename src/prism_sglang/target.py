@@ -117,8 +117,14 @@ class TargetModel:
 
 def keep_cache_positions(cache: DynamicCache, prefix_length: int, keep: Tensor) -> None:
     """Keep the first `prefix_length` cached positions plus positions `prefix_length + keep` (in order):
-    after tree verification only the accepted path stays in the target's KV cache."""
-    index = torch.cat([torch.arange(prefix_length, device=keep.device), prefix_length + keep])
+    after tree verification only the accepted path stays in the target's KV cache. Only the kept tail is
+    moved (in place, then the cache is cut), so a cycle costs O(accepted) copies, not O(context)."""
+    end = prefix_length + len(keep)
+    moved = not torch.equal(keep.cpu(), torch.arange(len(keep)))  # a chain's path is already in place
     for layer in cache.layers:
-        layer.keys = layer.keys.index_select(2, index.to(layer.keys.device))
-        layer.values = layer.values.index_select(2, index.to(layer.values.device))
+        if moved:
+            source = prefix_length + keep.to(layer.keys.device)
+            layer.keys[:, :, prefix_length:end] = layer.keys[:, :, source]  # the gather copies before writing
+            layer.values[:, :, prefix_length:end] = layer.values[:, :, source]
+        layer.keys = layer.keys[:, :, :end]
+        layer.values = layer.values[:, :, :end]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from prism_sglang.engine.adaptive import AdaptiveSpeculation, StepCosts
 from prism_sglang.engine.sampling import (
     SamplingParams,
     TokenLogprob,
@@ -63,7 +64,10 @@ DEFAULT_TREE = TreeSettings()
 
 
 class SpeculativeEngine:
-    """A HF target plus an optional PRISM draft (None: target-only generation only)."""
+    """A HF target plus an optional PRISM draft (None: target-only generation only).
+
+    `adaptive`: speculative requests decode without the draft while their cycles do not pay (engine/adaptive.py);
+    off by default, so that every step of a speculative generation is a measured cycle (what `eval` reports)."""
 
     def __init__(
         self,
@@ -71,8 +75,11 @@ class SpeculativeEngine:
         draft: PrismDraft | None,
         tree: TreeSettings = DEFAULT_TREE,
         tokenizer=None,
+        adaptive: bool = False,
     ) -> None:
         self.target, self.draft, self.tree, self.tokenizer = target, draft, tree, tokenizer
+        self.adaptive = adaptive
+        self.costs = StepCosts()  # shared by the requests' adaptive switches
         if draft is not None:
             tree.check()
             draft.config.check_num_steps(tree.num_steps)
@@ -134,6 +141,11 @@ class Generation:
         self._draft_cache = KVCache()
         self._hidden: Tensor | None = None  # draft step-0 output at the root's draft position
         self._draft_logits: Tensor | None = None
+        # Tokens committed by plain decode steps (and their input's target features) that the draft has not
+        # seen yet: one draft extend over all of them before the next cycle, none while no cycle follows.
+        self._pending_tokens: list[int] = []
+        self._pending_features: list[Tensor] = []
+        self._switch = AdaptiveSpeculation(engine.costs) if speculative and engine.adaptive else None
 
     # -- public ----------------------------------------------------------------------------------------
     def step(self) -> list[int]:
@@ -145,7 +157,8 @@ class Generation:
         if self._m >= self.engine.max_positions:
             self._finish("length")
             return []
-        if self.speculative and self._m + self.engine.tree.num_steps < self.engine.max_positions:
+        room = self._m + self.engine.tree.num_steps < self.engine.max_positions
+        if self.speculative and room and (self._switch is None or self._switch.speculate()):
             return self._cycle()
         return self._decode_one()
 
@@ -185,15 +198,22 @@ class Generation:
         self._m += 1
         token = sample_token(out.logits[0, -1], self.params, self._generator)
         emitted = self._emit([token], out.logits[0], [-1])
+        self.stats.decoded_tokens += len(emitted)
         if self.speculative and not self.finished:
-            # Keep the draft in step with the target, so a later cycle can resume drafting.
-            self._draft_extend(torch.tensor([[token]]), out.features)
-        self.stats.add_time("decode", time.perf_counter() - start)
+            self._pending_tokens.append(token)
+            self._pending_features.append(out.features)
+        seconds = time.perf_counter() - start
+        self.stats.add_time("decode", seconds)
+        if self._switch is not None:
+            self._switch.decode_done(seconds)
         return emitted
 
     def _cycle(self) -> list[int]:
         engine, settings = self.engine, self.engine.tree
         t0 = time.perf_counter()
+        if self._pending_tokens:  # catch the draft up with what plain decode steps committed
+            self._draft_extend(torch.tensor([self._pending_tokens]), torch.cat(self._pending_features, dim=1))
+            self._pending_tokens, self._pending_features = [], []
         sampled = settings.rejection_sampling and not self.params.greedy
         tree = draft_tree(
             engine.draft, self._draft_cache, self._hidden, self._draft_logits, root_position=self._m - 1,
@@ -209,18 +229,21 @@ class Generation:
         mask[0, 0, :, m:] = tree.ancestor_mask()
         out = engine.target.forward(ids, self._target_cache, positions, mask)
         result = accept(tree, out.logits[0], self.params, self._generator)
+        t2 = time.perf_counter()
         keep = torch.tensor([0, *result.nodes])
         keep_cache_positions(self._target_cache, m, keep)
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         tokens = [int(tree.tokens[i - 1]) for i in result.nodes] + [result.bonus]
         self.stats.record_cycle(len(result.nodes))
         self._m += len(tokens)
         emitted = self._emit(tokens, out.logits[0], keep)  # token j was chosen at node keep[j] of the path
         if not self.finished:
             self._draft_extend(torch.tensor([tokens]), out.features[:, keep])
-        t3 = time.perf_counter()
-        for phase, seconds in (("draft", t1 - t0), ("verify", t2 - t1), ("extend", t3 - t2)):
+        t4 = time.perf_counter()
+        for phase, seconds in (("draft", t1 - t0), ("verify", t2 - t1), ("cache", t3 - t2), ("extend", t4 - t3)):
             self.stats.add_time(phase, seconds)
+        if self._switch is not None:
+            self._switch.cycle_done(len(emitted), t4 - t0)
         return emitted
 
     def _draft_extend(self, tokens: Tensor, features: Tensor) -> None:

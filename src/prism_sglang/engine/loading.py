@@ -19,14 +19,16 @@ def load_engine(
     tree: TreeSettings = DEFAULT_TREE,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    adaptive: bool = False,
 ) -> SpeculativeEngine:
-    """Target (+ draft, validated against the target) + tokenizer. float32 on CPU keeps greedy decoding exact."""
+    """Target (+ draft, validated against the target) + tokenizer. float32 on CPU keeps greedy decoding exact.
+    `adaptive`: see SpeculativeEngine."""
     tokenizer = AutoTokenizer.from_pretrained(str(target_path))
     target = TargetModel.load(target_path, dtype=dtype, device=device)
     draft = None
     if draft_path is not None:
         draft = load_draft(draft_path, target.config, target.embedding_weight(), dtype=dtype, device=device)
-    return SpeculativeEngine(target, draft, tree, tokenizer)
+    return SpeculativeEngine(target, draft, tree, tokenizer, adaptive)
 
 
 def encode_chat(tokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:

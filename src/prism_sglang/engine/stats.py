@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("prefill", "draft", "verify", "extend", "decode")
+PHASES = ("prefill", "draft", "verify", "cache", "extend", "decode")  # cache: trimming the target KV to the path
 
 
 @dataclass
@@ -22,6 +22,7 @@ class SpecStats:
     accept_lengths: list[int] = field(default_factory=list)  # accepted draft tokens per cycle
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     output_tokens: int = 0
+    decoded_tokens: int = 0  # of output_tokens, emitted by plain decode steps (adaptive speculation) not cycles
 
     def record_cycle(self, accepted: int) -> None:
         self.accept_lengths.append(accepted)
@@ -50,7 +51,9 @@ class SpecStats:
 
     def meta_info(self, num_draft_tokens: int) -> dict[str, Any]:
         """Per-request figures under SGLang 0.5.17's `meta_info` names and definitions
-        (tokenizer_manager._calculate_spec_decoding_metrics): accept length = completion tokens / verify count."""
+        (tokenizer_manager._calculate_spec_decoding_metrics): accept length = completion tokens / verify count
+        (with adaptive speculation, completion tokens include those of plain decode steps, as SGLang's formula
+        would count them; `per_position` and the histogram are exact)."""
         if not self.cycles:
             return {}
         proposed = self.cycles * (num_draft_tokens - 1)
@@ -69,7 +72,7 @@ class SpecStats:
 
     def merge(self, other: SpecStats) -> SpecStats:
         merged = SpecStats(self.accept_lengths + other.accept_lengths, dict(self.seconds),
-                           self.output_tokens + other.output_tokens)
+                           self.output_tokens + other.output_tokens, self.decoded_tokens + other.decoded_tokens)
         for phase, s in other.seconds.items():
             merged.seconds[phase] += s
         return merged
@@ -81,5 +84,6 @@ class SpecStats:
             "accept_histogram": self.histogram(),
             "per_position_acceptance": self.per_position(depth),
             "output_tokens": self.output_tokens,
+            "decoded_tokens": self.decoded_tokens,
             "seconds": dict(self.seconds),
         }

@@ -57,6 +57,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     spec.add_argument("--num-draft-tokens", metavar="N", type=int, default=None,
                       help="tokens verified per cycle, root included (default: num-steps + 1 for a chain; "
                            "required when --topk > 1)")
+    spec.add_argument("--speculation", choices=["adaptive", "always"], default="adaptive",
+                      help="adaptive: a request whose cycles do not pay (its recent tokens per cycle x a decode "
+                           "step's time < a cycle's time, both measured as it runs) decodes without the draft "
+                           "for 16..256 tokens, then tries cycles again; always: every step is a cycle "
+                           "(default: adaptive; both lossless)")
 
     server = parser.add_argument_group("server")
     server.add_argument("--host", metavar="ADDRESS", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -85,6 +90,7 @@ class ServerConfig:
     served_model_name: str
     context_length: int | None
     tree: TreeSettings
+    adaptive: bool = True
     host: str = "127.0.0.1"
     port: int = 30000
     max_running: int = 4
@@ -123,7 +129,8 @@ def tree_settings(args: argparse.Namespace) -> TreeSettings:
 def server_config(args: argparse.Namespace, target: Path, draft: Path | None) -> ServerConfig:
     return ServerConfig(
         target_path=target, draft_path=draft, served_model_name=args.served_model_name or target.name,
-        context_length=args.context_length, tree=tree_settings(args), host=args.host, port=args.port,
+        context_length=args.context_length, tree=tree_settings(args), adaptive=args.speculation == "adaptive",
+        host=args.host, port=args.port,
         max_running=args.max_running, max_queue=args.max_queue, request_timeout=args.request_timeout or None,
         shutdown_timeout=args.shutdown_timeout, max_request_bytes=args.max_request_bytes,
     )

@@ -70,7 +70,7 @@ def load(config: ServerConfig) -> SpeculativeEngine:
     print(f"loading target {config.target_path}" + (f" and draft {config.draft_path}" if config.draft_path else
                                                       " (no draft: target-only decoding)"), flush=True)
     try:
-        return load_engine(config.target_path, config.draft_path, config.tree)
+        return load_engine(config.target_path, config.draft_path, config.tree, adaptive=config.adaptive)
     except (CheckpointError, ConfigError, OSError) as e:
         raise ServeSetupError(str(e)) from e
 
@@ -128,7 +128,8 @@ def run(engine: SpeculativeEngine, config: ServerConfig, log_level: str = "info"
 
     app = create_app(engine, config)
     mode = (f"PRISM draft, {config.tree.num_steps} steps x topk {config.tree.topk}, "
-            f"{config.tree.draft_tokens} draft tokens" if engine.draft is not None else "target only")
+            f"{config.tree.draft_tokens} draft tokens, speculation {'adaptive' if engine.adaptive else 'always'}"
+            if engine.draft is not None else "target only")
     logger.info("serving '%s' (%s) on http://%s:%d", config.served_model_name, mode, config.host, config.port)
     uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
                                     timeout_graceful_shutdown=config.shutdown_timeout + SHUTDOWN_BACKSTOP_SECONDS)

@@ -185,6 +185,7 @@ class Service:
             "speculative_num_steps": tree.num_steps if self.speculative else None,
             "speculative_eagle_topk": tree.topk if self.speculative else None,
             "speculative_num_draft_tokens": tree.draft_tokens if self.speculative else None,
+            "speculation": ("adaptive" if self.engine.adaptive else "always") if self.speculative else None,
             "max_running_requests": c.max_running, "max_queued_requests": c.max_queue,
             "request_timeout": c.request_timeout, "host": c.host, "port": c.port, "device": "cpu",
             "backend": "prism-sglang reference engine (PyTorch, CPU)", "version": __version__,

@@ -1,0 +1,68 @@
+"""Speculate only while it pays: a per-request switch between speculative cycles and plain decode steps.
+
+A cycle pays when the tokens it emits per second beat a plain decode step's: tau * t_decode / t_cycle > 1, with
+tau the request's recent tokens per cycle and t_decode, t_cycle the engine's running means (one machine, one
+model: the cost ratio is shared; acceptance is the request's own). A request whose cycles stop paying decodes
+without the draft for `backoff` tokens, then probes a few cycles again; each failed probe doubles the backoff
+(up to a limit), a probe that pays resets it. Both paths are exact (greedy: the target's argmax; sampling: the
+target's distribution), so switching keeps generation lossless; only the speed changes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass
+class StepCosts:
+    """Engine-wide running means, in seconds, of a plain decode step and of a speculative cycle."""
+
+    decode_s: float | None = None
+    cycle_s: float | None = None
+    weight: float = 0.1  # of the newest sample: a few dozen steps of memory, so context growth is followed
+
+    def observe(self, kind: str, seconds: float) -> None:
+        old = getattr(self, f"{kind}_s")
+        setattr(self, f"{kind}_s", seconds if old is None else old + self.weight * (seconds - old))
+
+    def speedup(self, tokens_per_cycle: float) -> float | None:
+        """Estimated tokens/s of cycles over that of decode steps (None until both were measured)."""
+        if self.decode_s is None or self.cycle_s is None:
+            return None
+        return tokens_per_cycle * self.decode_s / self.cycle_s
+
+
+class AdaptiveSpeculation:
+    """One request's switch. `speculate()` says what the next step is; `cycle_done` / `decode_done` report it."""
+
+    def __init__(self, costs: StepCosts, probe_cycles: int = 4, min_backoff: int = 16, max_backoff: int = 256):
+        self.costs, self.probe_cycles = costs, probe_cycles
+        self.min_backoff, self.max_backoff = min_backoff, max_backoff
+        self._recent: deque[int] = deque(maxlen=2 * probe_cycles)  # tokens emitted by the latest cycles
+        self._cycles_since_probe = 0
+        self._backoff = min_backoff
+        self._decode_left = 0  # plain decode steps before the next probe
+
+    def speculate(self) -> bool:
+        # Until the engine knows what a plain step costs, measure one (every request's first step after the
+        # prefill while the engine is new; afterwards the running mean serves all requests).
+        return self.costs.decode_s is not None and self._decode_left == 0
+
+    def cycle_done(self, tokens: int, seconds: float) -> None:
+        self.costs.observe("cycle", seconds)
+        self._recent.append(tokens)
+        self._cycles_since_probe += 1
+        if self._cycles_since_probe < self.probe_cycles:
+            return
+        speedup = self.costs.speedup(sum(self._recent) / len(self._recent))
+        if speedup is not None and speedup < 1.0:
+            self._decode_left, self._backoff = self._backoff, min(2 * self._backoff, self.max_backoff)
+            self._recent.clear()
+            self._cycles_since_probe = 0
+        elif self._cycles_since_probe == self.probe_cycles:
+            self._backoff = self.min_backoff  # this probe paid: a later drop starts from a short backoff
+
+    def decode_done(self, seconds: float) -> None:
+        self.costs.observe("decode", seconds)
+        self._decode_left = max(0, self._decode_left - 1)
