@@ -36,7 +36,8 @@ def server(fast_target, tmp_path_factory):
     draft = make_fast_draft(fast_target, tmp_path_factory.mktemp("fast-draft"))
     log = tmp_path_factory.mktemp("logs") / "server.log"
     args = ["--target", str(fast_target), "--draft", str(draft), "--served-model-name", MODEL, "--num-steps", "3",
-            "--max-running", "4", "--max-queue", "32", "--max-request-bytes", "100000"]
+            "--max-running", "4", "--max-queue", "32", "--max-request-bytes", "100000",
+            "--speculation", "always"]  # every step a cycle: the spec_* figures below are exact counts
     with running_server(args, log) as s:
         yield s
 
@@ -289,6 +290,7 @@ def test_metrics_and_server_info(client, server):
         assert name in text, name
     info = httpx.get(server.url + "/server_info", timeout=10).json()
     assert info["speculative_algorithm"] == "PRISM" and info["speculative_num_steps"] == 3
+    assert info["speculation"] == "always"
     assert info["internal_states"][0]["avg_spec_accept_length"] >= 1.0
     assert httpx.get(server.url + "/model_info", timeout=10).json()["is_generation"] is True
 

@@ -41,3 +41,12 @@ def test_smollm2_greedy_chat_over_http_equals_the_engine(server, smollm2_dir):
     streamed = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=12, temperature=0,
                                               stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected.text
+
+
+def test_make_serve_defaults_are_the_measured_fastest(server):
+    """Chain 1/1 with adaptive speculation: bench/results/2026-12-04-cpu/cycle-cost.json chose them."""
+    import httpx
+
+    info = httpx.get(server.url + "/server_info", timeout=10).json()
+    assert (info["speculative_num_steps"], info["speculative_eagle_topk"], info["speculative_num_draft_tokens"],
+            info["speculation"]) == (1, 1, 2, "adaptive")

@@ -51,9 +51,9 @@ class SpecStats:
 
     def meta_info(self, num_draft_tokens: int) -> dict[str, Any]:
         """Per-request figures under SGLang 0.5.17's `meta_info` names and definitions
-        (tokenizer_manager._calculate_spec_decoding_metrics): accept length = completion tokens / verify count
-        (with adaptive speculation, completion tokens include those of plain decode steps, as SGLang's formula
-        would count them; `per_position` and the histogram are exact)."""
+        (tokenizer_manager._calculate_spec_decoding_metrics): accept length = completion tokens / verify count,
+        leaving out the tokens of plain decode steps (adaptive speculation): no cycle verified them, and counting
+        them would report an acceptance the draft never had."""
         if not self.cycles:
             return {}
         proposed = self.cycles * (num_draft_tokens - 1)
@@ -63,7 +63,7 @@ class SpecStats:
             histogram[a] += 1
         return {
             "spec_verify_ct": self.cycles,
-            "spec_accept_length": self.output_tokens / self.cycles,
+            "spec_accept_length": (self.output_tokens - self.decoded_tokens) / self.cycles,
             "spec_accept_rate": correct / proposed if proposed else 0.0,
             "spec_num_correct_drafts": correct,
             "spec_num_proposed_drafts": proposed,

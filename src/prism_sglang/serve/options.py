@@ -30,7 +30,7 @@ examples:
   curl http://127.0.0.1:30000/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 32}'"""
 
-DEFAULT_NUM_STEPS = 4
+DEFAULT_NUM_STEPS = 1  # fastest on this CPU: bench/results/2026-12-04-cpu/cycle-cost.json
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
