@@ -21,10 +21,12 @@ if __name__ == "__main__" and not __package__:
 import argparse
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from bench import report
 from bench.common import (
+    BenchError,
     add_torchvision_stub,
     host_info,
     load_average,
@@ -34,6 +36,7 @@ from bench.common import (
     slug,
     write_json,
 )
+from bench.launch import Tree
 from bench.native import generate_greedy
 from bench.serving import (
     Setup,
@@ -73,11 +76,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="most output tokens per request; EOS ends a request earlier (default: 256)")
     load.add_argument("--concurrency", metavar="C", type=int, default=8,
                       help="requests in flight, the same for every server (default: 8)")
+    p.add_argument("--also-tree", metavar="S/K/N", action="append", default=[], type=parse_tree,
+                   help="check the speculative configurations with this tree too (num-steps/topk/num-draft-tokens, "
+                        "repeatable), against the same no-speculation outputs: one reference server for all trees; "
+                        "one results file per tree")
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", type=Path, default=None,
                      help="results folder (default: bench/results/<date>-<device>/)")
     out.add_argument("--tag", default=None,
-                     help="names the results file lossless-<tag>.json (default: backend, tree and --server-args)")
+                     help="names the results file lossless-<tag>.json (default: backend, tree and --server-args); "
+                          "with --also-tree, lossless-<tag>-<tree>.json")
     args = p.parse_args(argv)
     check_server_arguments(p, args)
     for flag, value in {"--num-prompts": args.num_prompts, "--max-tokens": args.max_tokens,
@@ -86,7 +94,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"{flag} must be >= 1, got {value}")
     if not any(name != "none" for name in args.configs):
         p.error("--configs needs a speculative configuration (eagle3, prism) to compare with no speculation")
+    for tree in args.also_tree:
+        try:
+            tree.check()
+        except BenchError as e:
+            p.error(f"--also-tree {tree.describe()}: {e}")
     return args
+
+
+def parse_tree(text: str) -> Tree:
+    try:
+        steps, topk, tokens = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not num-steps/topk/num-draft-tokens, e.g. 5/1/6") from None
+    return Tree(steps, topk, tokens)
 
 
 # -- comparing --------------------------------------------------------------------------------------------------
@@ -119,6 +140,12 @@ def default_tag(setup: Setup) -> str:
     return slug(f"{setup.backend} {setup.tree.describe()} {' '.join(setup.extra_server_args)}")
 
 
+def results_tag(args: argparse.Namespace, setup: Setup) -> str:
+    if not args.tag:
+        return default_tag(setup)
+    return slug(f"{args.tag} {setup.tree.describe()}") if args.also_tree else args.tag
+
+
 def main(argv: list[str] | None = None) -> int:
     add_torchvision_stub()
     args = parse_args(argv)
@@ -128,40 +155,56 @@ def main(argv: list[str] | None = None) -> int:
     setup = prepare_servers(args, names)
     labels = [(bench, item_id) for bench in args.benches for item_id in setup.prompts[bench].ids]
     texts = [text for bench in args.benches for text in setup.prompts[bench].texts]
+    trees = [setup.tree, *args.also_tree]
     print(f"checking {names[1:]} against no speculation on {setup.device} ({setup.backend} server), tree "
-          f"{setup.tree.describe()}, {len(texts)} prompts x {args.max_tokens} tokens, greedy", flush=True)
-    configs, outputs = [], {}
-    for config in setup.configs:
-        with start_server(args, setup, config, args.concurrency) as server:
-            reported = check_server(server.server_info(), config, setup.tree)
-            outputs[config.name] = generate_greedy(server.spec.url, texts, args.max_tokens, args.concurrency)
-            configs.append(config_record(setup, config, server, reported))
-    checks = []
-    for name in names[1:]:
-        c = {"config": name, **compare(outputs["none"], outputs[name], labels)}
-        checks.append(c)
-        tau = f", tau {c['tau']:.2f}" if c["tau"] else ""
-        print(f"[{name}] {c['identical']}/{c['prompts']} outputs identical to no speculation{tau}", flush=True)
-        for m in c["mismatches"]:
-            print(f"  {m['bench']} {m['id']}: first differs at token {m['first_divergence']} "
-                  f"({m['output_tokens']} vs {m['reference_tokens']} tokens)", flush=True)
-    lossless = all(not c["mismatches"] for c in checks)
-    results = {
-        "schema_version": 1, "kind": "lossless", "created": now_iso(), "device": setup.device,
-        "command": ["python", "bench/lossless.py", *(sys.argv[1:] if argv is None else argv)],
-        "host": host_info(setup.device), "duration_s": round(time.monotonic() - started, 1),
-        "load_average": {"start": start_load, "end": load_average()},
-        "settings": {"backend_server": setup.backend, "target": str(setup.target), "tree": setup.tree.to_dict(),
-                     "benches": args.benches, "prompt_ids": {b: p.ids for b, p in setup.prompts.items()},
-                     "max_tokens": args.max_tokens, "concurrency": args.concurrency,
-                     "sampling_params": {"temperature": 0.0, "max_new_tokens": args.max_tokens},
-                     "server_args": setup.extra_server_args},
-        "configs": configs, "checks": checks, "lossless": lossless,
-    }
-    path = write_json(setup.out / f"lossless-{args.tag or default_tag(setup)}.json", results, "lossless")
+          f"{', '.join(t.describe() for t in trees)}, {len(texts)} prompts x {args.max_tokens} tokens, greedy",
+          flush=True)
+    reference, *spec_configs = setup.configs
+    with start_server(args, setup, reference, args.concurrency) as server:
+        reported = check_server(server.server_info(), reference, setup.tree)
+        reference_outputs = generate_greedy(server.spec.url, texts, args.max_tokens, args.concurrency)
+        reference_record = config_record(setup, reference, server, reported)
+    all_lossless = True
+    for tree in trees:
+        tree_setup = replace(setup, tree=tree)
+        configs, checks = [reference_record], []
+        for config in spec_configs:
+            with start_server(args, tree_setup, config, args.concurrency) as server:
+                reported = check_server(server.server_info(), config, tree)
+                outputs = generate_greedy(server.spec.url, texts, args.max_tokens, args.concurrency)
+                configs.append(config_record(tree_setup, config, server, reported))
+            checks.append(report_check(config.name, tree, compare(reference_outputs, outputs, labels)))
+        lossless = all(not c["mismatches"] for c in checks)
+        all_lossless = all_lossless and lossless
+        results = {
+            "schema_version": 1, "kind": "lossless", "created": now_iso(), "device": setup.device,
+            "command": ["python", "bench/lossless.py", *(sys.argv[1:] if argv is None else argv)],
+            "host": host_info(setup.device), "duration_s": round(time.monotonic() - started, 1),
+            "load_average": {"start": start_load, "end": load_average()},
+            "settings": {"backend_server": setup.backend, "target": str(setup.target), "tree": tree.to_dict(),
+                         "benches": args.benches, "prompt_ids": {b: p.ids for b, p in setup.prompts.items()},
+                         "max_tokens": args.max_tokens, "concurrency": args.concurrency,
+                         "sampling_params": {"temperature": 0.0, "max_new_tokens": args.max_tokens},
+                         "server_args": setup.extra_server_args},
+            "configs": configs, "checks": checks, "lossless": lossless,
+        }
+        path = write_json(setup.out / f"lossless-{results_tag(args, tree_setup)}.json", results, "lossless")
+        print(f"wrote {path}: {'lossless' if lossless else 'NOT LOSSLESS'}", flush=True)
     written = report.write_report(setup.out)
-    print(f"wrote {path}, {written}: {'lossless' if lossless else 'NOT LOSSLESS'}", flush=True)
-    return 0 if lossless else 1
+    print(f"wrote {written}", flush=True)
+    return 0 if all_lossless else 1
+
+
+def report_check(name: str, tree: Tree, comparison: dict[str, Any]) -> dict[str, Any]:
+    """Print one configuration's comparison with the reference; return it as the results record it is."""
+    c = {"config": name, **comparison}
+    tau = f", tau {c['tau']:.2f}" if c["tau"] else ""
+    print(f"[{name} {tree.describe()}] {c['identical']}/{c['prompts']} outputs identical to no speculation{tau}",
+          flush=True)
+    for m in c["mismatches"]:
+        print(f"  {m['bench']} {m['id']}: first differs at token {m['first_divergence']} "
+              f"({m['output_tokens']} vs {m['reference_tokens']} tokens)", flush=True)
+    return c
 
 
 if __name__ == "__main__":

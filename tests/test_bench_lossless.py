@@ -49,15 +49,20 @@ def test_a_check_needs_a_speculative_configuration(tmp_path):
 def test_shipped_prism_draft_on_the_cpu_server_is_lossless(tmp_path):
     servers_before = processes_mentioning("prism_sglang.cli serve", settle=0)
     result = run_bench_script("bench/lossless.py", "--backend-server", "cpu", "--configs", "prism", "--num-steps",
-                              "4", "--topk", "1", "--num-prompts", "1", "--max-tokens", "24", "--concurrency", "2",
-                              "--out", str(tmp_path), "--tag", "smollm2", timeout=600)
+                              "4", "--topk", "1", "--also-tree", "2/2/4", "--num-prompts", "1", "--max-tokens", "24",
+                              "--concurrency", "2", "--out", str(tmp_path), "--tag", "smollm2", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    data = json.loads((tmp_path / "lossless-smollm2.json").read_text())
-    validate(data, "lossless")
-    assert data["lossless"] is True
-    assert [c["name"] for c in data["configs"]] == ["none", "prism"]  # the reference runs first, always
-    (check,) = data["checks"]
-    assert check["config"] == "prism" and check["identical"] == check["prompts"] == 3  # one prompt per bench
-    assert check["tau"] > 1  # drafts were accepted
+    reference = None
+    for name, tree in (("4-1-5", {"num_steps": 4, "topk": 1, "num_draft_tokens": 5}),
+                       ("2-2-4", {"num_steps": 2, "topk": 2, "num_draft_tokens": 4})):
+        data = json.loads((tmp_path / f"lossless-smollm2-{name}.json").read_text())
+        validate(data, "lossless")
+        assert data["lossless"] is True and data["settings"]["tree"] == tree
+        assert [c["name"] for c in data["configs"]] == ["none", "prism"]  # the reference runs first, always
+        assert reference in (None, data["configs"][0])  # the same reference server's record in both files
+        reference = data["configs"][0]
+        (check,) = data["checks"]
+        assert check["config"] == "prism" and check["identical"] == check["prompts"] == 3  # one prompt per bench
+        assert check["tau"] > 1  # drafts were accepted
     assert "Lossless check" in (tmp_path / "report.md").read_text()
     assert processes_mentioning("prism_sglang.cli serve") == servers_before  # both servers stopped

@@ -1,0 +1,1 @@
+"""The GPU kit: bench/gpu/README.md."""
