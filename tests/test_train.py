@@ -64,6 +64,16 @@ def test_resume_equals_an_uninterrupted_run(predictable_target, tmp_path):
     assert [r["step"] for r in log] == list(range(1, 10))
 
 
+def test_a_time_limit_stops_the_run_with_a_checkpoint(predictable_target, tmp_path):
+    examples = _examples(predictable_target, n=20)
+    config = TrainConfig(ttt_steps=3, batch_size=6, max_steps=100_000, learning_rate=5e-3, max_seconds=1.0)
+    draft = new_draft(predictable_target, 2, (0, 1), aux_layer_ids=[1, 3, 4], seed=1)
+    trainer = Trainer(predictable_target, draft, examples, config, tmp_path, progress=False)
+    state = trainer.run()
+    assert 1 <= state.step < 100_000
+    assert trainer.latest_checkpoint() == trainer.checkpoint_dir(state.step)  # saved as at the end
+
+
 def test_feature_cache_matches_online_targets(predictable_target, tmp_path):
     examples = _examples(predictable_target, n=10)
     draft = new_draft(predictable_target, 1, (0,), aux_layer_ids=[1, 3, 4])

@@ -94,7 +94,8 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         ttt_steps=args.ttt_steps, step_weighting=args.step_weights, learning_rate=args.lr,
         warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, batch_size=args.batch_size, epochs=args.epochs,
-        max_steps=args.max_steps, seed=args.seed, save_every=args.save_every,
+        max_steps=args.max_steps, max_seconds=args.max_minutes * 60 if args.max_minutes else None, seed=args.seed,
+        save_every=args.save_every,
         precision=resolve_precision(args.precision, device),
     )
     run_training(TrainJob(
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this many minutes of training (this run; the learning-rate schedule is the "
+                        "one of the whole run), saving the checkpoint and final/ as at the end")
     p.add_argument("--max-length", type=int, default=1024, help="tokens per conversation (longer ones are cut)")
     p.add_argument("--limit", type=int, default=None, help="use a seeded subset of N conversations")
     p.add_argument("--feature-cache", default=None,

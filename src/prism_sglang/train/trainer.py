@@ -64,6 +64,7 @@ class TrainConfig:
     batch_size: int = 8
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs
+    max_seconds: float | None = None  # this run stops after that much time, checkpointed as at the end
     seed: int = 0
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     log_every: int = 10
@@ -250,12 +251,13 @@ class Trainer:
         if resume and (latest := self.latest_checkpoint()) is not None:
             self.resume(latest)
         last = min(self.total_steps, until) if until is not None else self.total_steps
+        stop_at = time.perf_counter() + self.config.max_seconds if self.config.max_seconds else None
         device = self.draft.fc.weight.device
         self.draft.train()
         bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.progress, desc="train",
                    unit="step", dynamic_ncols=True)
         log = self._log_file()
-        while self.state.step < last:
+        while self.state.step < last and (stop_at is None or time.perf_counter() < stop_at):
             epoch, index = divmod(self.state.step, self.steps_per_epoch)
             indices = batches(self.examples, self.config.batch_size, self.config.seed, epoch)[index]
             start = time.perf_counter()
