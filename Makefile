@@ -33,7 +33,7 @@ lint: install
 	$(PY) -m ruff check src tests bench
 	# hadolint and shellcheck come from PyPI wheels in the dev extra (tests/test_launch.py runs them too).
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/shellcheck launch/*.sh launch/examples/*.sh
+	$(VENV)/bin/shellcheck launch/*.sh launch/examples/*.sh recipes/*.sh bench/gpu/*.sh
 
 # The image tests (tests/test_docker.py) start their own dockerd: Debian's docker.io (its 20.10 client and legacy
 # builder), and debootstrap for the locally made base images. Installed once, as root, if missing.

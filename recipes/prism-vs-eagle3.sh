@@ -44,6 +44,7 @@ series eagle3 1 0 & eagle3=$!
 series prism 2 0,1 & prism=$!
 wait "$eagle3" "$prism"
 
+# shellcheck disable=SC2086  # SIZES is a list of sizes: one argument each
 "$PY" - "$RUN" $SIZES <<'PY'
 import json, sys
 from pathlib import Path

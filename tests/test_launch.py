@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 SERVE = LAUNCH / "serve.sh"
 SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("examples/*.sh")])
+# every shell script of the repository, for the linters: the launch scripts, the recipes, the GPU kit's
+ALL_SCRIPTS = sorted([*SCRIPTS, *(ROOT / "recipes").glob("*.sh"), *(ROOT / "bench" / "gpu").glob("*.sh")])
 PATCHES = patch_files()
 TOUCHED = sorted({f for p in PATCHES for f in touched_files(p)})
 # Variables serve.sh reads: cleared so the caller's environment cannot leak into a test.
@@ -62,9 +64,9 @@ def test_dockerfiles_are_hadolint_clean(dockerfile):
 def test_scripts_are_shellcheck_clean():
     assert {p.name for p in SCRIPTS} >= {"serve.sh", "docker-entrypoint.sh", "install-into-image.sh",
                                          "smollm2-prism.sh", "llama31-8b-prism.sh", "llama31-8b-eagle3.sh"}
-    result = run([tool("shellcheck"), "--severity=style", *map(str, SCRIPTS)])
+    result = run([tool("shellcheck"), "--severity=style", *map(str, ALL_SCRIPTS)])
     assert result.returncode == 0, result.stdout + result.stderr
-    for script in SCRIPTS:
+    for script in ALL_SCRIPTS:
         assert os.access(script, os.X_OK), f"{script} is not executable"
         assert "set -euo pipefail" in script.read_text(), script
 
