@@ -85,15 +85,20 @@ def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
+    if args.nproc:
+        return _torchrun(args.nproc)
+    from prism_sglang.train.distributed import close_world, init_world, rank_device
     from prism_sglang.train.pipeline import TrainJob, run_training
     from prism_sglang.train.trainer import TrainConfig, resolve_precision
 
     table = args.table or tuple(range(args.modules))
-    device = _device(args.device)
+    world = init_world(_device(args.device))
+    device = rank_device(_device(args.device), world)
     config = TrainConfig(
         ttt_steps=args.ttt_steps, step_weighting=args.step_weights, learning_rate=args.lr,
-        warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, batch_size=args.batch_size, epochs=args.epochs,
+        warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size, epochs=args.epochs,
         max_steps=args.max_steps, max_seconds=args.max_minutes * 60 if args.max_minutes else None, seed=args.seed,
         save_every=args.save_every,
         precision=resolve_precision(args.precision, device),
@@ -103,8 +108,27 @@ def _train(args: argparse.Namespace) -> None:
         step_modules=table, init_from=args.init_from, draft_vocab_size=args.draft_vocab_size,
         aux_layer_ids=list(args.aux_layers) if args.aux_layers else None, limit=args.limit,
         max_length=args.max_length, feature_cache=args.feature_cache, skip_contaminated=args.skip_contaminated,
-        device=device, resume=args.resume, config=config,
+        device=device, resume=args.resume, config=config, world=world,
     ))
+    close_world()
+    return 0
+
+
+def _torchrun(nproc: int) -> int:
+    """`train --nproc N ...` = `torchrun --standalone --nproc-per-node N -m prism_sglang.cli train ...`."""
+    import subprocess
+
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):  # drop --nproc N / --nproc=N
+        if arg == "--nproc":
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del argv[i]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "prism_sglang.cli", *argv]
+    return subprocess.call(command)
 
 
 def _upcycle(args: argparse.Namespace) -> None:
@@ -285,7 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup-ratio", type=float, default=0.02)
     p.add_argument("--grad-clip", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="the global batch: examples per optimizer step over all ranks (default 8)")
+    p.add_argument("--micro-batch-size", type=int, default=None,
+                   help="examples per rank and forward pass; smaller than batch-size / ranks accumulates "
+                        "gradients (default: batch-size / ranks)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="train on N local processes: torchrun --standalone --nproc-per-node N for you (data "
+                        "parallel; several machines: run torchrun yourself, see README)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--max-minutes", type=float, default=None,

@@ -18,6 +18,7 @@ from prism_sglang.data.prompt_sources import ConversationError, iter_conversatio
 from prism_sglang.modeling import PrismDraft
 from prism_sglang.target import TargetModel
 from prism_sglang.train.data import Example, assistant_tokens, tokenize_conversation
+from prism_sglang.train.distributed import World
 from prism_sglang.train.targets import FeatureCache, target_fingerprint
 from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft
 from prism_sglang.train.vocab import build_draft_vocab, coverage
@@ -44,6 +45,11 @@ class TrainJob:
     device: str = "cpu"
     resume: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
+    world: World = field(default_factory=World)  # torchrun's ranks (train.distributed)
+
+
+def _quiet(_: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def load_conversations(path: str, log: Callable[[str], None]) -> list[list[dict]]:
@@ -109,7 +115,10 @@ def make_draft(job: TrainJob, target: TargetModel, examples: Sequence[Example],
 
 
 def run_training(job: TrainJob, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Every rank runs this; rank 0 alone logs and writes."""
     out = Path(job.out)
+    if not job.world.is_main:
+        log = _quiet
     tokenizer = AutoTokenizer.from_pretrained(job.target)
     conversations = subset(load_conversations(job.data, log), job.limit, job.config.seed)
     conversations = screen_conversations(conversations, job.skip_contaminated, log)
@@ -126,17 +135,25 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print, progress: bo
     if job.feature_cache:
         cache = FeatureCache(job.feature_cache, target_fingerprint(job.target, target.aux_layer_ids))
         todo = cache.missing(examples)
+        if todo and job.world.distributed:
+            raise TrainingDataError(
+                f"--feature-cache {job.feature_cache} lacks {len(todo)} conversation(s); ranks do not build a cache "
+                "together: build it first with one process (the same command without torchrun), then train on "
+                "it with torchrun, or leave --feature-cache out (each rank then runs the target on its share)")
         if todo:
             log(f"caching target outputs of {len(todo)} conversation(s) in {job.feature_cache}")
             cache.build(target, examples, progress=progress)
         cache.load(target, draft, examples)
-    trainer = Trainer(target, draft, examples, job.config, out, progress=progress, cache=cache)
+    trainer = Trainer(target, draft, examples, job.config, out, progress=progress, cache=cache, world=job.world)
     state = trainer.run(resume=job.resume)
+    if not job.world.is_main:
+        return {"steps": state.step, "tokens": state.tokens}
     save_draft(draft, out / "final", dtype=torch.bfloat16)
     summary = {
         "steps": state.step, "tokens": state.tokens, "seconds": round(state.seconds, 1),
         "conversations": len(examples), "data_tokens": tokens, "final": str(out / "final"),
-        "last_losses": state.history[-10:], "job": {**asdict(job), "config": asdict(job.config)},
+        "last_losses": state.history[-10:], "ranks": job.world.size,
+        "job": {**asdict(job), "config": asdict(job.config)},
         "draft": {"modules": draft.config.num_modules, "step_modules": list(draft.config.step_modules),
                   "draft_vocab_size": draft.config.draft_vocab_size},
     }

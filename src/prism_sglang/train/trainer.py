@@ -28,6 +28,7 @@ from prism_sglang.config import PrismConfig, default_aux_layer_ids
 from prism_sglang.modeling import PrismDraft
 from prism_sglang.target import TargetModel
 from prism_sglang.train.data import Example, batches, collate
+from prism_sglang.train.distributed import World
 from prism_sglang.train.targets import FeatureCache, TargetBatch, online_batch
 from prism_sglang.train.ttt import ttt_forward
 
@@ -61,7 +62,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 0.5
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch: over all ranks and micro-batches
+    micro_batch_size: int | None = None  # per rank and forward pass (gradient accumulation); None: batch / ranks
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs
     max_seconds: float | None = None  # this run stops after that much time, checkpointed as at the end
@@ -119,46 +121,100 @@ def new_draft(
 
 @dataclass
 class StepMetrics:
-    loss: float
-    losses: list[float]
-    accuracies: list[float]
-    tokens: int  # non-padding tokens in the batch
+    """Sums over a batch's scored rows, per draft step: batches, micro-batches and ranks add up."""
+
+    loss: float  # the batch's weighted objective (its share of the global one when the counts are global)
+    ce_sums: list[float]
+    correct: list[float]
+    counts: list[float]
+    tokens: int  # non-padding tokens
+
+    @property
+    def losses(self) -> list[float]:
+        return [s / max(1.0, c) for s, c in zip(self.ce_sums, self.counts, strict=True)]
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [s / max(1.0, c) for s, c in zip(self.correct, self.counts, strict=True)]
+
+    def vector(self) -> Tensor:
+        return torch.tensor([self.loss, *self.ce_sums, *self.correct, *self.counts, self.tokens], dtype=torch.float64)
+
+    @classmethod
+    def from_vector(cls, v: Tensor, steps: int) -> StepMetrics:
+        values = v.tolist()
+        return cls(values[0], values[1 : 1 + steps], values[1 + steps : 1 + 2 * steps],
+                   values[1 + 2 * steps : 1 + 3 * steps], int(values[-1]))
+
+
+def score_masks(targets: TargetBatch, attention: Tensor, loss_mask: Tensor, steps: int) -> list[Tensor | None]:
+    """Per draft step j, the scored (row, index) cells: assistant tokens whose target argmax is in the draft
+    vocabulary (EAGLE-3's position mask), step j at index t against the target's prediction at t + 1 + j;
+    None where the sequence is too short for the step."""
+    t = attention.shape[1]
+    masks: list[Tensor | None] = []
+    for j in range(steps):
+        shift = 1 + j
+        masks.append(None if shift >= t - 1 else
+                     loss_mask[:, shift + 1 :] & targets.in_vocab[:, shift : t - 1] & attention[:, shift + 1 :])
+    return masks
+
+
+def score_counts(targets: TargetBatch, attention: Tensor, loss_mask: Tensor, steps: int) -> Tensor:
+    return torch.tensor([0.0 if m is None else float(m.sum()) for m in score_masks(targets, attention, loss_mask,
+                                                                                    steps)], dtype=torch.float64)
 
 
 def ttt_loss(
-    draft: PrismDraft, targets: TargetBatch, ids: Tensor, attention: Tensor, loss_mask: Tensor, config: TrainConfig
+    draft: PrismDraft, targets: TargetBatch, ids: Tensor, attention: Tensor, loss_mask: Tensor, config: TrainConfig,
+    counts: Tensor | None = None,
 ) -> tuple[Tensor, StepMetrics]:
     """Weighted mean over steps of the soft cross-entropy between draft step j at index t and the target's
-    distribution (restricted to the draft vocabulary) for token t+2+j, on assistant tokens whose target
-    argmax is in the draft vocabulary (EAGLE-3's position mask).
+    distribution (restricted to the draft vocabulary) for token t+2+j, over the cells of `score_masks`.
 
-    Only the scored rows go through the draft's lm_head and the vocabulary-sized softmaxes (the rest is prompt
-    and padding), and the target's distribution is computed once: step j reads it shifted by j."""
+    `counts`: the scored cells per step of the whole global batch, when this batch is one of several (ranks,
+    micro-batches): each batch's loss is then its share of the global mean, and the shares' gradients add up to
+    the global batch's. Only the scored rows go through the draft's lm_head and the vocabulary-sized softmaxes
+    (the rest is prompt and padding), and the target's distribution is computed once: step j reads it shifted."""
     autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     with autocast:
         hiddens = ttt_forward(draft, ids, targets.features.to(draft.fc.weight.dtype), config.ttt_steps)
-    t = ids.shape[1]
+    masks = score_masks(targets, attention, loss_mask, config.ttt_steps)
+    local = [0.0 if m is None else float(m.sum()) for m in masks]
+    divisors = local if counts is None else counts.tolist()
     target_probs = torch.softmax(targets.logits, dim=-1)
     target_top = targets.logits.argmax(-1)
     weights = config.weights()
-    total, losses, accuracies = 0.0, [], []
-    for j, hidden in enumerate(hiddens):
-        shift = 1 + j  # step j at index t is scored against the target's prediction at t + 1 + j
-        if shift >= t - 1:
-            losses.append(0.0)
-            accuracies.append(0.0)
+    total, ce_sums, correct = 0.0, [], []
+    for j, (hidden, valid) in enumerate(zip(hiddens, masks, strict=True)):
+        if valid is None:
+            ce_sums.append(0.0)
+            correct.append(0.0)
             continue
-        valid = loss_mask[:, shift + 1 :] & targets.in_vocab[:, shift : t - 1] & attention[:, shift + 1 :]
+        shift = 1 + j
         rows, index = valid.nonzero(as_tuple=True)
         with autocast:
             logits = draft.logits(hidden[rows, index]).float()
-        count = max(1, rows.numel())
-        step_loss = F.cross_entropy(logits, target_probs[rows, index + shift], reduction="sum") / count
-        total = total + weights[j] * step_loss
-        losses.append(float(step_loss.detach()))
-        accuracies.append(float((logits.argmax(-1) == target_top[rows, index + shift]).sum()) / count)
+        step_sum = F.cross_entropy(logits, target_probs[rows, index + shift], reduction="sum")
+        total = total + weights[j] * step_sum / max(1.0, divisors[j])
+        ce_sums.append(float(step_sum.detach()))
+        correct.append(float((logits.argmax(-1) == target_top[rows, index + shift]).sum()))
     loss = total / sum(weights)
-    return loss, StepMetrics(float(loss.detach()), losses, accuracies, int(attention.sum()))
+    value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+    return loss, StepMetrics(value, ce_sums, correct, local, int(attention.sum()))
+
+
+def micro_batch_size(config: TrainConfig, world: World) -> int:
+    """Each rank's examples per forward pass; the global batch must split evenly over ranks and micro-batches."""
+    if config.batch_size % world.size:
+        raise ValueError(f"--batch-size {config.batch_size} (the global batch) is not a multiple of the "
+                         f"{world.size} ranks")
+    per_rank = config.batch_size // world.size
+    micro = config.micro_batch_size or per_rank
+    if micro < 1 or per_rank % micro:
+        raise ValueError(f"--micro-batch-size {micro} does not divide the {per_rank} examples per rank "
+                         f"(--batch-size {config.batch_size} over {world.size} ranks)")
+    return micro
 
 
 def _schedule(total_steps: int, warmup_ratio: float):
@@ -191,13 +247,19 @@ class Trainer:
         out_dir: str | Path | None = None,
         progress: bool = True,
         cache: FeatureCache | None = None,
+        world: World | None = None,
     ) -> None:
         if not examples:
             raise ValueError("no training examples")
         self.target, self.draft, self.examples, self.config = target, draft, list(examples), config
         self.cache = cache
+        self.world = world or World()
+        self.micro_batch = micro_batch_size(config, self.world)
+        # rank 0 alone writes (checkpoints, log) and shows progress; every rank reads checkpoints to resume
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = progress
+        self.writes = self.out_dir is not None and self.world.is_main
+        self.progress = progress and self.world.is_main
+        self.world.broadcast_parameters(draft)
         self.steps_per_epoch = math.ceil(len(self.examples) / config.batch_size)
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         params = [p for p in draft.parameters() if p.requires_grad]
@@ -224,6 +286,7 @@ class Trainer:
         (state_dir / "trainer_state.json").write_text(json.dumps({
             "step": self.state.step, "tokens": self.state.tokens, "seconds": self.state.seconds,
             "scheduler": self.scheduler.state_dict(), "param_groups": groups, "config": asdict(self.config),
+            "world_size": self.world.size,
             "history": self.state.history,
         }, indent=1) + "\n")
         return directory
@@ -240,10 +303,21 @@ class Trainer:
         self.draft.load_state_dict({k: v for k, v in loaded.state_dict().items() if k != "embed_tokens.weight"},
                                    strict=False)
         state = json.loads((directory / "trainer" / "trainer_state.json").read_text())
+        self._check_resume(directory, state)
         _load_optimizer(self.optimizer, self.draft, load_file(str(directory / "trainer" / "optimizer.safetensors")),
                         state["param_groups"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(state["step"], state["tokens"], state["seconds"], state["history"])
+
+    def _check_resume(self, directory: Path, state: dict[str, Any]) -> None:
+        """An exact resume needs the same ranks and global batch: each rank's share of every batch depends on both."""
+        ranks, batch = state.get("world_size", 1), state["config"]["batch_size"]
+        if ranks != self.world.size:
+            raise ValueError(f"{directory} was written by a run of {ranks} rank(s); resume it with {ranks} "
+                             f"(torchrun --nproc-per-node ...), not {self.world.size}")
+        if batch != self.config.batch_size:
+            raise ValueError(f"{directory} was written with a global batch of {batch}; resume it with "
+                             f"--batch-size {batch}, not {self.config.batch_size}")
 
     # -- loop -------------------------------------------------------------------------------------------
     def run(self, resume: bool = False, until: int | None = None) -> TrainState:
@@ -257,22 +331,11 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.progress, desc="train",
                    unit="step", dynamic_ncols=True)
         log = self._log_file()
-        while self.state.step < last and (stop_at is None or time.perf_counter() < stop_at):
+        while self.state.step < last and not self._out_of_time(stop_at):
             epoch, index = divmod(self.state.step, self.steps_per_epoch)
             indices = batches(self.examples, self.config.batch_size, self.config.seed, epoch)[index]
             start = time.perf_counter()
-            ids, attention, loss_mask = (x.to(device) for x in collate([self.examples[i] for i in indices]))
-            if self.cache is not None:
-                targets = self.cache.batch(indices, self.draft, device)
-            else:
-                targets = online_batch(self.target, self.draft, ids, attention)
-            target_seconds = time.perf_counter() - start
-            loss, metrics = ttt_loss(self.draft, targets, ids, attention, loss_mask, self.config)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.draft.parameters(), self.config.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
+            metrics, target_seconds = self._step(indices, device)
             self.state.step += 1
             self.state.tokens += metrics.tokens
             seconds = time.perf_counter() - start
@@ -289,18 +352,58 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.loss:.3f}", acc0=f"{metrics.accuracies[0]:.2f}",
                             acc_last=f"{metrics.accuracies[-1]:.2f}")
-            if self.out_dir is not None and self.config.save_every and self.state.step % self.config.save_every == 0:
+            if self.writes and self.config.save_every and self.state.step % self.config.save_every == 0:
                 self.save_checkpoint()
         bar.close()
         if log is not None:
             log.close()
         self.draft.eval()
-        if self.out_dir is not None and self.latest_checkpoint() != self.checkpoint_dir(self.state.step):
+        if self.writes and self.latest_checkpoint() != self.checkpoint_dir(self.state.step):
             self.save_checkpoint()
+        self.world.barrier()  # no rank leaves before the last checkpoint is on disk
         return self.state
 
+    def _out_of_time(self, stop_at: float | None) -> bool:
+        """Decided together: a rank that stopped alone would leave the others waiting in a collective."""
+        if stop_at is None:
+            return False
+        late = torch.tensor([float(time.perf_counter() >= stop_at)])
+        return bool(self.world.all_reduce_sum(late).item() > 0)
+
+    def _step(self, indices: list[int], device: torch.device) -> tuple[StepMetrics, float]:
+        """One optimizer step on a global batch: this rank's share, in micro-batches, each scored against the
+        global batch's cell counts; gradients summed over micro-batches and ranks. Returns the global batch's
+        metrics and this rank's seconds in the target."""
+        mine = indices[self.world.rank :: self.world.size]
+        start = time.perf_counter()
+        parts = []
+        for i in range(0, len(mine), self.micro_batch):
+            chunk = mine[i : i + self.micro_batch]
+            ids, attention, loss_mask = (x.to(device) for x in collate([self.examples[k] for k in chunk]))
+            if self.cache is not None:
+                targets = self.cache.batch(chunk, self.draft, device)
+            else:
+                targets = online_batch(self.target, self.draft, ids, attention)
+            parts.append((targets, ids, attention, loss_mask))
+        target_seconds = time.perf_counter() - start
+        steps = self.config.ttt_steps
+        counts = sum((score_counts(t, a, m, steps) for t, _, a, m in parts), torch.zeros(steps, dtype=torch.float64))
+        counts = self.world.all_reduce_sum(counts)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros(3 * steps + 2, dtype=torch.float64)
+        for targets, ids, attention, loss_mask in parts:
+            loss, metrics = ttt_loss(self.draft, targets, ids, attention, loss_mask, self.config, counts)
+            if isinstance(loss, Tensor):
+                loss.backward()
+            total += metrics.vector()
+        self.world.sum_gradients(self.draft)
+        torch.nn.utils.clip_grad_norm_(self.draft.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return StepMetrics.from_vector(self.world.all_reduce_sum(total), steps), target_seconds
+
     def _log_file(self):
-        if self.out_dir is None:
+        if not self.writes:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return (self.out_dir / "train_log.jsonl").open("a")
