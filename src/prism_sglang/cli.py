@@ -45,12 +45,13 @@ def _source_counts(values: list[str] | None) -> dict[str, int] | None:
     return counts
 
 
-def _prepare_data(args: argparse.Namespace) -> None:
+def _prepare_data(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
 
     from prism_sglang.target import TargetModel
     from prism_sglang.train.prepare_data import DEFAULT_SOURCES, DataPreparer, PrepareConfig
+    from prism_sglang.train.server_answers import ServerError, ServerSettings
 
     sources = _source_counts(args.source)
     if sources is None:
@@ -60,10 +61,17 @@ def _prepare_data(args: argparse.Namespace) -> None:
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=args.max_prompt_tokens, max_turns=args.max_turns, batch_size=args.batch_size,
         heldout_fraction=args.heldout, seed=args.seed, keep_answers=args.keep_answers,
+        server=ServerSettings(args.server, args.server_model, args.concurrency, args.retries) if args.server else None,
     )
     target_dir = _target_dir(args.target)
-    target = None if args.keep_answers else TargetModel.load(target_dir, dtype=torch.float32)
-    DataPreparer(target, AutoTokenizer.from_pretrained(target_dir), config, args.out).run()
+    in_process = not (args.keep_answers or args.server)
+    target = TargetModel.load(target_dir, dtype=torch.float32) if in_process else None
+    try:
+        manifest = DataPreparer(target, AutoTokenizer.from_pretrained(target_dir), config, args.out).run()
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if manifest.get("failed") else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -284,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-answers", action="store_true",
                    help="keep the sources' own assistant turns instead of generating answers with the target (the "
                         "PRISM paper's recipe; seconds instead of hours; sources with answers: sharegpt, --prompts)")
+    p.add_argument("--server", metavar="URL", default=None,
+                   help="answer through this OpenAI-compatible server (e.g. SGLang on GPUs: http://HOST:30000) "
+                        "instead of loading the target here; --target then only gives the tokenizer and chat "
+                        "template for the prompt-length check")
+    p.add_argument("--server-model", default=None, help="model name sent to --server (default: its first model)")
+    p.add_argument("--concurrency", type=int, default=16, help="--server requests in flight (default 16)")
+    p.add_argument("--retries", type=int, default=5,
+                   help="--server: retries of a failed request (connection errors, 429, 5xx), with backoff")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_prepare_data)
 

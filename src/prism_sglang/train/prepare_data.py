@@ -5,8 +5,9 @@ them with its distribution during training, so no generation is needed and the d
 
 Evaluation prompts (MT-bench, HumanEval, GSM8K test) never enter: every prompt is checked against all three
 evaluation sets (`prism_sglang.data.decontaminate`) and refused with the items it overlaps. Generation is
-batched, appends each finished conversation to `generated.jsonl` (so an interrupted run resumes where it
-stopped), and ends with a deduplicated train / held-out split (by prompt, so no prompt is in both).
+batched (or, with `server`, sent to an OpenAI-compatible endpoint: `server_answers`), appends each finished
+conversation to `generated.jsonl` (so an interrupted run resumes where it stopped), and ends with a deduplicated
+train / held-out split (by prompt, so no prompt is in both).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from prism_sglang.engine.batch import generate_batch
 from prism_sglang.engine.loading import encode_chat
 from prism_sglang.engine.sampling import SamplingParams
 from prism_sglang.target import TargetModel
+from prism_sglang.train.server_answers import Job, ServerAnswerer, ServerSettings, write_failures
 
 DEFAULT_SOURCES = {"sharegpt": 2000, "openai-evals": 1200, "python-docs": 600, "chatterbot": 200}
 
@@ -51,6 +53,7 @@ class PrepareConfig:
     heldout_fraction: float = 0.05
     seed: int = 0
     keep_answers: bool = False  # the sources' own assistant turns instead of the target's answers
+    server: ServerSettings | None = None  # answers from this OpenAI-compatible endpoint instead of in-process
 
 
 @dataclass
@@ -158,6 +161,8 @@ class DataPreparer:
         jobs = [(p, r) for p in prompts for r in range(self.config.responses_per_prompt) if _key(p, r) not in done]
         self.log(f"{len(prompts)} prompts x {self.config.responses_per_prompt} responses: "
                  f"{len(done)} already generated, {len(jobs)} to go")
+        if self.config.server is not None:
+            return self._answer_through_server(jobs, prompts, generated_path, rejected, start)
         # Similar prompt lengths share a batch (less padding).
         jobs.sort(key=lambda job: sum(len(t) for t in job[0].texts))
         with generated_path.open("a") as out, tqdm(total=len(jobs), disable=not self.progress, desc="generate",
@@ -170,6 +175,27 @@ class DataPreparer:
                 bar.update(len(batch))
         manifest = self._finalise(generated_path, prompts, rejected, time.time() - start)
         self.log(f"wrote {manifest['train']} train and {manifest['heldout']} held-out conversations to {self.out_dir}")
+        return manifest
+
+    def _answer_through_server(self, jobs: list[tuple[TrainingPrompt, int]], prompts: list, generated_path: Path,
+                               rejected: list[Rejection], start: float) -> dict:
+        c = self.config
+        assert c.server is not None
+        answerer = ServerAnswerer(c.server, {"temperature": c.temperature, "top_p": c.top_p,
+                                             "max_tokens": c.max_new_tokens}, self.log, self.progress)
+        work = [Job(_key(p, r), p.source, p.id, _messages(p), list(p.user_turns),
+                    [_seed(_key(p, r) + f"/{turn}", c.seed) for turn in range(len(p.user_turns))]) for p, r in jobs]
+        self.log(f"answering through {c.server.url} (model {answerer.model}), {c.server.concurrency} in flight")
+        with generated_path.open("a") as out:
+            failures = answerer.run(work, out)
+        write_failures(self.out_dir / "failed.jsonl", failures)
+        manifest = self._finalise(generated_path, prompts, rejected, time.time() - start,
+                                  {"failed": [asdict(f) for f in failures], "retried_requests": answerer.retried})
+        self.log(f"wrote {manifest['train']} train and {manifest['heldout']} held-out conversations to {self.out_dir}"
+                 f"; {answerer.retried} requests retried")
+        if failures:
+            self.log(f"{len(failures)} conversation(s) failed (failed.jsonl, with reasons): they are not written; "
+                     "run the same command again to ask for them again")
         return manifest
 
     def _keep_answers(self, prompts: list[TrainingPrompt], generated_path: Path,
@@ -206,7 +232,8 @@ class DataPreparer:
         return [{"key": _key(p, r), "source": p.source, "id": p.id, "messages": conv, "truncated": cut}
                 for (p, r), conv, cut in zip(batch, conversations, truncated, strict=True)]
 
-    def _finalise(self, generated_path: Path, prompts: list, rejected: list[Rejection], seconds: float) -> dict:
+    def _finalise(self, generated_path: Path, prompts: list, rejected: list[Rejection], seconds: float,
+                  extra: dict | None = None) -> dict:
         wanted = {_key(p, r) for p in prompts for r in range(self.config.responses_per_prompt)}
         seen_texts: set[str] = set()
         splits: dict[str, list[dict]] = {"train": [], "heldout": []}
@@ -232,7 +259,7 @@ class DataPreparer:
             "prompts": len(prompts), "rejected": [asdict(r) for r in rejected],
             "truncated": sum(r["truncated"] for s in splits.values() for r in s),
             "sources": {s: sum(r["source"] == s for r in splits["train"]) for s in {p.source for p in prompts}},
-            "config": asdict(self.config), "seconds": round(seconds, 1),
+            "config": asdict(self.config), "seconds": round(seconds, 1), **(extra or {}),
         }
         (self.out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
