@@ -67,3 +67,22 @@ def test_generation_batch_is_the_median_length_one(tiny_chat_target_dir):
     lengths = [len(ids) for ids in batch]
     assert lengths == sorted(lengths) and len(batch) == 3  # 2000 words dropped; of 1 3 5 7 9 50: 5 7 9
     assert tokenizer.decode(batch[0]).count("word") == 5 and tokenizer.decode(batch[-1]).count("word") == 9
+
+
+def test_train_scale_measures_ranks_and_lengths(tiny_chat_target_dir, tmp_path):
+    from bench.train_scale import measure_lengths, measure_ranks
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in _conversations(16)))
+    args = SimpleNamespace(draft_vocab_size=256, ttt_steps=2, batch_per_rank=2, steps=2, max_length=64,
+                           device="cpu", precision="fp32", threads_per_rank=1, seq_lens=[32, 16], repeats=1)
+    one, two = (measure_ranks(tiny_chat_target_dir, data, n, args) for n in (1, 2))
+    assert (one["ranks"], one["global_batch"], two["ranks"], two["global_batch"]) == (1, 2, 2, 4)
+    assert one["steps"] == two["steps"] == 2  # the warm-up step is left out
+    assert two["tokens_per_s"] == pytest.approx(2 * two["tokens_per_s_per_rank"])
+    assert one["peak_mem_mib_rank0"] > 0 and one["tokens"] > 0
+    rows = measure_lengths(tiny_chat_target_dir, args)
+    assert [r["seq_len"] for r in rows] == [16, 32]  # ascending: the peak only grows
+    assert rows[0]["dense_scores_mib_per_step"] > 0
+    assert rows[1]["dense_scores_mib_per_step"] == pytest.approx(4 * rows[0]["dense_scores_mib_per_step"])
+    assert all(r["ttt_s"] > 0 and r["ttt_tokens_per_s"] > 0 for r in rows)

@@ -204,6 +204,15 @@ def ttt_loss(
     return loss, StepMetrics(value, ce_sums, correct, local, int(attention.sum()))
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """This process's peak so far: the CUDA allocator's on a GPU, else the peak resident set (RSS)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
 def micro_batch_size(config: TrainConfig, world: World) -> int:
     """Each rank's examples per forward pass; the global batch must split evenly over ranks and micro-batches."""
     if config.batch_size % world.size:
@@ -343,6 +352,7 @@ class Trainer:
             record = {"step": self.state.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
                       "loss": metrics.loss, "tokens": self.state.tokens, "batch_tokens": metrics.tokens,
                       "target_s": round(target_seconds, 4), "draft_s": round(seconds - target_seconds, 4),
+                      "peak_mem_mib": peak_memory_mib(device),
                       **{f"loss_{j}": v for j, v in enumerate(metrics.losses)},
                       **{f"acc_{j}": v for j, v in enumerate(metrics.accuracies)}}
             self.state.history.append({k: record[k] for k in ("step", "loss")})
