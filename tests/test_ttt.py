@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from transformers.models.llama.modeling_llama import repeat_kv
 
 from prism_sglang.modeling import KVCache
 from prism_sglang.train.ttt import ttt_forward
@@ -56,3 +57,26 @@ def test_ttt_batch_rows_are_independent(tiny_target):
             alone = ttt_forward(draft, ids[row : row + 1], feats[row : row + 1], 3)
             for a, b in zip(alone, together, strict=True):
                 torch.testing.assert_close(a[0], b[row], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("diagonal", [0, 1, 3])
+def test_fused_cpu_attention_equals_the_dense_one_forward_and_backward(diagonal):
+    """The CPU path (flash attention over step 0's keys, its log-sum-exp merged with the diagonal keys) computes
+    the dense softmax's output and every input's gradient; GQA heads included."""
+    from prism_sglang.train.ttt import _attend, _attend_dense
+
+    torch.manual_seed(diagonal)
+    b, heads, kv_heads, t, d = 2, 6, 2, 29, 16
+    q = torch.randn(b, heads, t, d, requires_grad=True)
+    kv = [torch.randn(b, kv_heads, t, d, requires_grad=True) for _ in range(2 + 2 * diagonal)]
+    k0, v0, diag_k, diag_v = kv[0], kv[1], kv[2::2], kv[3::2]
+    grad = torch.randn(b, heads, t, d)
+    fused = _attend(q, k0, v0, diag_k, diag_v)
+    fused_grads = torch.autograd.grad(fused, [q, *kv], grad)
+    groups = heads // kv_heads
+    dense = _attend_dense(q, repeat_kv(k0, groups), repeat_kv(v0, groups), [repeat_kv(k, groups) for k in diag_k],
+                          [repeat_kv(v, groups) for v in diag_v], d**-0.5)
+    dense_grads = torch.autograd.grad(dense, [q, *kv], grad)
+    torch.testing.assert_close(fused, dense, rtol=1e-5, atol=1e-5)
+    for a, e in zip(fused_grads, dense_grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
