@@ -54,7 +54,9 @@ def test_resume_equals_an_uninterrupted_run(predictable_target, tmp_path):
     Trainer(predictable_target, whole, examples, config, progress=False).run()
     # Interrupted after step 4's checkpoint: a new process resumes from disk.
     first = fresh()
-    Trainer(predictable_target, first, examples, config, tmp_path, progress=False).run(until=4)
+    Trainer(predictable_target, first, examples, config, tmp_path, progress=False).run(until=5)
+    # killed after step 5, its last checkpoint step 4's: the resumed run does step 5 again, logged once
+    (tmp_path / "checkpoints" / "step-0000005").rename(tmp_path / "step-5-lost")
     resumed = fresh()
     state = Trainer(predictable_target, resumed, examples, config, tmp_path, progress=False).run(resume=True)
     assert state.step == 9

@@ -333,6 +333,7 @@ class Trainer:
         """Train to the end of the schedule (or stop after step `until`, checkpointing, to be resumed)."""
         if resume and (latest := self.latest_checkpoint()) is not None:
             self.resume(latest)
+            self._forget_logged_steps_after(self.state.step)
         last = min(self.total_steps, until) if until is not None else self.total_steps
         stop_at = time.perf_counter() + self.config.max_seconds if self.config.max_seconds else None
         device = self.draft.fc.weight.device
@@ -411,6 +412,15 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return StepMetrics.from_vector(self.world.all_reduce_sum(total), steps), target_seconds
+
+    def _forget_logged_steps_after(self, step: int) -> None:
+        """A run killed after its last checkpoint logged steps that the resumed run does again: drop them, so the
+        log holds each step once."""
+        path = self.out_dir / "train_log.jsonl" if self.writes else None
+        if path is None or not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
 
     def _log_file(self):
         if not self.writes:
