@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import lzma
 import os
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomllib
+
+from bench.gpu.kit import sha256  # the standard library only, like this file
 
 REPO = Path(__file__).resolve().parents[2]
 TRITON = "--attention-backend triton --sampling-backend pytorch --mem-fraction-static 0.5"
@@ -77,14 +78,6 @@ def device_slug(dry_run: bool) -> str:
 
 
 # -- parts -----------------------------------------------------------------------------------------------------
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def expected_sums(carry: Path, store: Path) -> dict[str, str]:
     for folder in (carry, store):
         if (folder / "SHA256SUMS").is_file():
