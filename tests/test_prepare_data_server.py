@@ -24,7 +24,7 @@ PROMPTS = [f"Write one sentence about the number {i}." for i in range(6)]
 
 @pytest.fixture(scope="module")
 def fast_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_fast_target(tmp_path_factory.mktemp("fast-target"))
+    return make_fast_target(tmp_path_factory.mktemp("answering-target"))
 
 
 @pytest.fixture

@@ -231,7 +231,8 @@ def test_the_served_name_defaults_to_the_model_folders_name(fast_target):
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     args = parser.parse_args(["--target", str(fast_target)])
-    assert server_config(args, fast_target, None).served_model_name == fast_target.name == "fast-target0"
+    assert server_config(args, fast_target, None).served_model_name == fast_target.name
+    assert fast_target.name.startswith("fast-target")  # the folder pytest made, e.g. fast-target0
 
 
 def test_openai_client_sees_errors_as_exceptions(client):
