@@ -160,9 +160,12 @@ def score_masks(targets: TargetBatch, attention: Tensor, loss_mask: Tensor, step
     return masks
 
 
+def _mask_counts(masks: list[Tensor | None]) -> list[float]:
+    return [0.0 if m is None else float(m.sum()) for m in masks]
+
+
 def score_counts(targets: TargetBatch, attention: Tensor, loss_mask: Tensor, steps: int) -> Tensor:
-    return torch.tensor([0.0 if m is None else float(m.sum()) for m in score_masks(targets, attention, loss_mask,
-                                                                                    steps)], dtype=torch.float64)
+    return torch.tensor(_mask_counts(score_masks(targets, attention, loss_mask, steps)), dtype=torch.float64)
 
 
 def ttt_loss(
@@ -180,7 +183,7 @@ def ttt_loss(
     with autocast:
         hiddens = ttt_forward(draft, ids, targets.features.to(draft.fc.weight.dtype), config.ttt_steps)
     masks = score_masks(targets, attention, loss_mask, config.ttt_steps)
-    local = [0.0 if m is None else float(m.sum()) for m in masks]
+    local = _mask_counts(masks)
     divisors = local if counts is None else counts.tolist()
     target_probs = torch.softmax(targets.logits, dim=-1)
     target_top = targets.logits.argmax(-1)
