@@ -27,11 +27,12 @@ import torch
 
 from bench.common import host_info
 from prism_sglang.prepare_model import prepare_smollm2
+from prism_sglang.train.trainer import resolve_precision
 
 
-def measure_ranks(target: Path, data: Path, ranks: int, args: argparse.Namespace) -> dict[str, Any]:
-    """`args.steps` + 1 optimizer steps with `ranks` processes; figures from rank 0's train log (every rank
-    waits for the others at each step, so its step time is the job's)."""
+def measure_ranks(target: Path, data: Path, ranks: int, args: argparse.Namespace, fsdp: bool = False) -> dict[str, Any]:
+    """`args.steps` + 1 optimizer steps with `ranks` processes (`fsdp`: the draft sharded over them); figures from
+    rank 0's train log (every rank waits for the others at each step, so its step time is the job's)."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "prism_sglang.cli", "train", "--target", str(target), "--data", str(data),
                    "--out", out, "--modules", "2", "--draft-vocab-size", str(args.draft_vocab_size),
@@ -39,7 +40,7 @@ def measure_ranks(target: Path, data: Path, ranks: int, args: argparse.Namespace
                    "--max-length", str(args.max_length), "--max-steps", str(args.steps + 1),
                    "--device", args.device, "--precision", args.precision]
         if ranks > 1:
-            command += ["--nproc", str(ranks)]
+            command += ["--nproc", str(ranks)] + (["--fsdp"] if fsdp else [])
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads_per_rank)}
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -50,7 +51,8 @@ def measure_ranks(target: Path, data: Path, ranks: int, args: argparse.Namespace
     timed = log[1:]
     seconds = sum(r["target_s"] + r["draft_s"] for r in timed)
     tokens = sum(r["batch_tokens"] for r in timed)
-    return {"ranks": ranks, "global_batch": args.batch_per_rank * ranks, "steps": len(timed), "tokens": tokens,
+    return {"ranks": ranks, "fsdp": fsdp, "global_batch": args.batch_per_rank * ranks, "steps": len(timed),
+            "tokens": tokens,
             "seconds": round(seconds, 2), "tokens_per_s": tokens / seconds, "tokens_per_s_per_rank": tokens / seconds
             / ranks, "target_s_per_step": sum(r["target_s"] for r in timed) / len(timed),
             "peak_mem_mib_rank0": max(r["peak_mem_mib"] for r in log), "wall_s": round(wall, 1)}
@@ -128,11 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draft-vocab-size", type=int, default=8192)
     p.add_argument("--threads-per-rank", type=int, default=1, help="torch threads per rank (default 1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 on CUDA and on CPUs with native bf16, else fp32 (as train)")
+    p.add_argument("--fsdp", action="store_true", help="also measure every world size > 1 with --fsdp")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip", choices=["ranks", "lengths"], default=None, help="leave one part out")
     p.add_argument("--out", default=None, help="write the JSON here")
     args = p.parse_args(argv)
+    args.precision = resolve_precision(args.precision, args.device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     target_dir = prepare_smollm2()
     report: dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -140,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip != "ranks":
         data = args.data or _sharegpt(Path(tempfile.gettempdir()) / "prism-train-scale-data")
         report["ranks"] = []
-        for n in args.ranks:
-            print(f"ranks: {n} process(es), {args.batch_per_rank} sequences each per step", flush=True)
-            report["ranks"].append(measure_ranks(target_dir, data, n, args))
+        runs = [(n, False) for n in args.ranks] + [(n, True) for n in args.ranks if args.fsdp and n > 1]
+        for n, fsdp in runs:
+            print(f"ranks: {n} process(es){' with FSDP' if fsdp else ''}, {args.batch_per_rank} sequences each per "
+                  "step", flush=True)
+            report["ranks"].append(measure_ranks(target_dir, data, n, args, fsdp))
             r = report["ranks"][-1]
             print(f"  {r['tokens_per_s']:.0f} tok/s in all, {r['tokens_per_s_per_rank']:.0f} per rank, peak "
                   f"{r['peak_mem_mib_rank0']:.0f} MiB (rank 0)", flush=True)

@@ -81,6 +81,8 @@ def test_train_scale_measures_ranks_and_lengths(tiny_chat_target_dir, tmp_path):
     assert one["steps"] == two["steps"] == 2  # the warm-up step is left out
     assert two["tokens_per_s"] == pytest.approx(2 * two["tokens_per_s_per_rank"])
     assert one["peak_mem_mib_rank0"] > 0 and one["tokens"] > 0
+    sharded = measure_ranks(tiny_chat_target_dir, data, 2, args, fsdp=True)
+    assert sharded["fsdp"] and not two["fsdp"] and sharded["tokens"] == two["tokens"]  # the same batches
     rows = measure_lengths(tiny_chat_target_dir, args)
     assert [r["seq_len"] for r in rows] == [16, 32]  # ascending: the peak only grows
     assert rows[0]["dense_scores_mib_per_step"] > 0

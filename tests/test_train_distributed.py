@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +105,36 @@ def test_a_stopped_run_resumes_exactly_at_the_same_world_size(tiny_chat_target_d
     other = train(tiny_chat_target_dir, chat_data, cut, "--resume", "--max-steps", "12")
     assert other.returncode != 0
     assert "written by a run of 2 rank(s); resume it with 2" in other.stderr
+
+
+@pytest.mark.timeout(600)
+def test_fsdp_shards_and_computes_what_one_process_computes(tiny_chat_target_dir, chat_data, one_process, tmp_path):
+    result = train(tiny_chat_target_dir, chat_data, tmp_path / "fsdp", "--nproc", "2", "--fsdp",
+                   "--micro-batch-size", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each of the 2 ranks holds about half of the trained parameters (uneven tensors round up on rank 0)
+    held = re.search(r"FSDP2: rank 0 holds [\d,]+ of the [\d,]+ trained parameters \(([\d.]+)%\)", result.stdout)
+    assert held and 50.0 <= float(held.group(1)) < 51.0, result.stdout[-2000:]
+    # the gathered checkpoint is the whole draft, and the same one (micro-batches accumulated before the
+    # reduce-scatter, gradients summed)
+    assert_close(weights(tmp_path / "fsdp"), weights(one_process))
+    final = load_file(tmp_path / "fsdp" / "final" / "model.safetensors")
+    torch.testing.assert_close(final["fc.weight"], weights(one_process)["fc.weight"].to(torch.bfloat16),
+                               rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.timeout(600)
+def test_an_fsdp_run_resumes_exactly(tiny_chat_target_dir, chat_data, tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = ("--nproc", "2", "--fsdp", "--max-steps", "8")
+    assert train(tiny_chat_target_dir, chat_data, whole, *args).returncode == 0
+    first = train(tiny_chat_target_dir, chat_data, cut, *args, "--max-minutes", "0.0001")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert 1 <= json.loads((cut / "summary.json").read_text())["steps"] < 6
+    resumed = train(tiny_chat_target_dir, chat_data, cut, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for key, value in weights(whole, 8).items():  # the gathered optimizer states went back into the shards
+        assert torch.equal(value, weights(cut, 8)[key]), key
 
 
 def test_the_global_batch_must_split_over_ranks_and_micro_batches() -> None:

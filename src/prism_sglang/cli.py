@@ -109,8 +109,10 @@ def _train(args: argparse.Namespace) -> int:
         micro_batch_size=args.micro_batch_size, epochs=args.epochs,
         max_steps=args.max_steps, max_seconds=args.max_minutes * 60 if args.max_minutes else None, seed=args.seed,
         save_every=args.save_every,
-        precision=resolve_precision(args.precision, device),
+        precision=resolve_precision(args.precision, device), fsdp=args.fsdp,
     )
+    if args.fsdp and not world.distributed:
+        print("--fsdp has nothing to shard over in one process: training unsharded (use torchrun or --nproc)")
     run_training(TrainJob(
         target=_target_dir(args.target), data=args.data, out=args.out, num_modules=args.modules,
         step_modules=table, init_from=args.init_from, draft_vocab_size=args.draft_vocab_size,
@@ -333,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=None,
                    help="train on N local processes: torchrun --standalone --nproc-per-node N for you (data "
                         "parallel; several machines: run torchrun yourself, see README)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="with several ranks: shard the draft's parameters, gradients and optimizer states over them "
+                        "(FSDP2) instead of a whole copy per rank; the same arithmetic")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--max-minutes", type=float, default=None,

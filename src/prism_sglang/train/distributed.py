@@ -3,6 +3,10 @@ needs. Every rank holds the whole draft, runs the target on its own share of eac
 gradients with the others' before the (identical) optimizer step; so N ranks compute what one process computes
 on the same global batch, up to the order of floating-point sums. NCCL on CUDA, gloo on CPU.
 
+With FSDP2 (`shard`), each rank keeps only its slice of the trained parameters, of their gradients and so of
+AdamW's states (three quarters of a draft's training memory in fp32); the slices are gathered for each forward
+and the gradients reduce-scattered after its backward. The arithmetic is the same sum as above.
+
 A rank that dies ends the job: torchrun stops the others, and a collective that waits on a dead peer gives up
 after `timeout` instead of hanging.
 """
@@ -60,6 +64,52 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2 (`fully_shard`) over all ranks, in place, as one unit. Frozen parameters (the target embedding the
+    draft borrows) are left whole. Gradients are summed, not averaged: each rank's loss is already its share of
+    the global batch's mean."""
+    from torch.distributed.fsdp import fully_shard
+
+    frozen = {p for p in model.parameters() if not p.requires_grad}
+    fully_shard(model, ignored_params=frozen)
+    model.set_gradient_divide_factor(1.0)
+    model.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def held_elements(model: nn.Module) -> tuple[int, int]:
+    """(elements this rank holds, elements in all) of the trained parameters: what sharding saves."""
+    from torch.distributed.tensor import DTensor
+
+    trained = [p for p in model.parameters() if p.requires_grad]
+    held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in trained)
+    return held, sum(p.numel() for p in trained)
+
+
+def full_tensor(tensor: Tensor) -> Tensor:
+    """The whole tensor of a sharded one (a collective: every rank must call it); any other tensor as is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def shard_like(reference: Tensor, whole: Tensor) -> Tensor:
+    """`whole` on `reference`'s device and, if `reference` is sharded, split the same way (a collective: every
+    rank must call it, in the same order)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    whole = whole.to(device=reference.device, dtype=reference.dtype)
+    if isinstance(reference, DTensor):
+        return distribute_tensor(whole, reference.device_mesh, reference.placements)
+    return whole
 
 
 def world_from_env() -> World:

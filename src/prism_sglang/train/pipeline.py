@@ -18,7 +18,7 @@ from prism_sglang.data.prompt_sources import ConversationError, iter_conversatio
 from prism_sglang.modeling import PrismDraft
 from prism_sglang.target import TargetModel
 from prism_sglang.train.data import Example, assistant_tokens, tokenize_conversation
-from prism_sglang.train.distributed import World
+from prism_sglang.train.distributed import World, held_elements
 from prism_sglang.train.targets import FeatureCache, target_fingerprint
 from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft
 from prism_sglang.train.vocab import build_draft_vocab, coverage
@@ -145,10 +145,15 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print, progress: bo
             cache.build(target, examples, progress=progress)
         cache.load(target, draft, examples)
     trainer = Trainer(target, draft, examples, job.config, out, progress=progress, cache=cache, world=job.world)
+    if trainer.sharded:
+        held, total = held_elements(trainer.model)
+        log(f"FSDP2: rank 0 holds {held:,} of the {total:,} trained parameters ({held / total:.1%}), their "
+            "gradients and optimizer states")
     state = trainer.run(resume=job.resume)
-    if not job.world.is_main:
+    whole = trainer.full_draft()  # every rank takes part (a sharded draft is gathered); rank 0 gets it
+    if whole is None:
         return {"steps": state.step, "tokens": state.tokens}
-    save_draft(draft, out / "final", dtype=torch.bfloat16)
+    save_draft(whole, out / "final", dtype=torch.bfloat16)
     summary = {
         "steps": state.step, "tokens": state.tokens, "seconds": round(state.seconds, 1),
         "conversations": len(examples), "data_tokens": tokens, "final": str(out / "final"),

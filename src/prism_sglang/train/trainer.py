@@ -23,14 +23,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from prism_sglang.checkpoint import load_draft, save_draft
+from prism_sglang.checkpoint import EMBEDDING_NAME, load_draft, save_draft
 from prism_sglang.config import PrismConfig, default_aux_layer_ids
 from prism_sglang.modeling import PrismDraft
 from prism_sglang.target import TargetModel
 from prism_sglang.train.data import Example, batches, collate
-from prism_sglang.train.distributed import World
+from prism_sglang.train.distributed import World, full_tensor, is_sharded, shard, shard_like
 from prism_sglang.train.targets import FeatureCache, TargetBatch, online_batch
-from prism_sglang.train.ttt import ttt_forward
+from prism_sglang.train.ttt import DraftUnroll
 
 STEP_WEIGHTINGS = ("equal", "decay")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -71,6 +71,7 @@ class TrainConfig:
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     log_every: int = 10
     precision: str = "fp32"  # fp32 or bf16 (resolve "auto" with resolve_precision before training)
+    fsdp: bool = False  # shard parameters, gradients and optimizer states over the ranks (FSDP2)
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -169,42 +170,40 @@ def score_counts(targets: TargetBatch, attention: Tensor, loss_mask: Tensor, ste
 
 
 def ttt_loss(
-    draft: PrismDraft, targets: TargetBatch, ids: Tensor, attention: Tensor, loss_mask: Tensor, config: TrainConfig,
-    counts: Tensor | None = None,
+    model: PrismDraft | DraftUnroll, targets: TargetBatch, ids: Tensor, attention: Tensor, loss_mask: Tensor,
+    config: TrainConfig, counts: Tensor | None = None,
 ) -> tuple[Tensor, StepMetrics]:
     """Weighted mean over steps of the soft cross-entropy between draft step j at index t and the target's
     distribution (restricted to the draft vocabulary) for token t+2+j, over the cells of `score_masks`.
 
+    `model`: the draft, or its `DraftUnroll` (as the trainer holds it, possibly sharded by FSDP2).
     `counts`: the scored cells per step of the whole global batch, when this batch is one of several (ranks,
     micro-batches): each batch's loss is then its share of the global mean, and the shares' gradients add up to
     the global batch's. Only the scored rows go through the draft's lm_head and the vocabulary-sized softmaxes
     (the rest is prompt and padding), and the target's distribution is computed once: step j reads it shifted."""
-    autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    with autocast:
-        hiddens = ttt_forward(draft, ids, targets.features.to(draft.fc.weight.dtype), config.ttt_steps)
+    unroll = model if isinstance(model, DraftUnroll) else DraftUnroll(model)
     masks = score_masks(targets, attention, loss_mask, config.ttt_steps)
+    # a step with nothing to score gets an empty selection, not none: the loss then always has a graph, so every
+    # rank runs a backward (FSDP's gradient reduce-scatter is a collective)
+    nothing = torch.zeros(0, dtype=torch.long, device=ids.device)
+    cells = [(nothing, nothing) if m is None else m.nonzero(as_tuple=True) for m in masks]
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        step_logits = unroll(ids, targets.features.to(unroll.draft.fc.weight.dtype), cells)
     local = _mask_counts(masks)
     divisors = local if counts is None else counts.tolist()
     target_probs = torch.softmax(targets.logits, dim=-1)
     target_top = targets.logits.argmax(-1)
     weights = config.weights()
-    total, ce_sums, correct = 0.0, [], []
-    for j, (hidden, valid) in enumerate(zip(hiddens, masks, strict=True)):
-        if valid is None:
-            ce_sums.append(0.0)
-            correct.append(0.0)
-            continue
+    total, ce_sums, correct = torch.zeros((), device=ids.device), [], []
+    for j, (logits, (rows, index)) in enumerate(zip(step_logits, cells, strict=True)):
         shift = 1 + j
-        rows, index = valid.nonzero(as_tuple=True)
-        with autocast:
-            logits = draft.logits(hidden[rows, index]).float()
+        logits = logits.float()
         step_sum = F.cross_entropy(logits, target_probs[rows, index + shift], reduction="sum")
         total = total + weights[j] * step_sum / max(1.0, divisors[j])
         ce_sums.append(float(step_sum.detach()))
         correct.append(float((logits.argmax(-1) == target_top[rows, index + shift]).sum()))
     loss = total / sum(weights)
-    value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-    return loss, StepMetrics(value, ce_sums, correct, local, int(attention.sum()))
+    return loss, StepMetrics(float(loss.detach()), ce_sums, correct, local, int(attention.sum()))
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -272,9 +271,14 @@ class Trainer:
         self.writes = self.out_dir is not None and self.world.is_main
         self.progress = progress and self.world.is_main
         self.world.broadcast_parameters(draft)
+        # the training forward as one module, which FSDP2 shards; `draft` stays the module inside it
+        self.model = DraftUnroll(draft)
+        if config.fsdp and self.world.distributed:
+            shard(self.model)
+        self.sharded = is_sharded(self.model)
         self.steps_per_epoch = math.ceil(len(self.examples) / config.batch_size)
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
-        params = [p for p in draft.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=config.learning_rate, betas=config.betas, weight_decay=config.weight_decay
         )
@@ -282,18 +286,40 @@ class Trainer:
             self.optimizer, _schedule(self.total_steps, config.warmup_ratio)
         )
         self.state = TrainState()
+        self.saved_step: int | None = None  # the step of the checkpoint last written or resumed from
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def checkpoint_dir(self, step: int) -> Path:
         assert self.out_dir is not None
         return self.out_dir / "checkpoints" / f"step-{step:07d}"
 
-    def save_checkpoint(self) -> Path:
+    def full_draft(self) -> PrismDraft | None:
+        """The draft with whole tensors, on rank 0 (None elsewhere). Every rank calls it: a sharded draft is
+        gathered first."""
+        if not self.sharded:
+            return self.draft if self.world.is_main else None
+        state = {name: full_tensor(t).detach().cpu() for name, t in self.draft.state_dict().items()
+                 if name != EMBEDDING_NAME}
+        if not self.world.is_main:
+            return None
+        whole = PrismDraft(self.draft.config)
+        whole.load_state_dict(state, strict=False)
+        whole.attach_embedding(self.draft.embed_tokens.weight.detach().cpu())
+        return whole
+
+    def save_checkpoint(self) -> Path | None:
+        """Every rank calls it (a sharded draft and its optimizer states are gathered); rank 0 writes."""
+        if self.out_dir is None or not (self.writes or self.sharded):
+            return None
+        whole = self.full_draft()
+        tensors, groups = _optimizer_tensors(self.optimizer, self.draft)
+        self.saved_step = self.state.step
+        if not self.writes:
+            return None
         directory = self.checkpoint_dir(self.state.step)
-        save_draft(self.draft, directory, dtype=None)  # a loadable draft folder; the trainer's state beside it
+        save_draft(whole, directory, dtype=None)  # a loadable draft folder; the trainer's state beside it
         state_dir = directory / "trainer"
         state_dir.mkdir(exist_ok=True)
-        tensors, groups = _optimizer_tensors(self.optimizer, self.draft)
         save_file(tensors, str(state_dir / "optimizer.safetensors"))
         (state_dir / "trainer_state.json").write_text(json.dumps({
             "step": self.state.step, "tokens": self.state.tokens, "seconds": self.state.seconds,
@@ -312,14 +338,16 @@ class Trainer:
     def resume(self, directory: Path) -> None:
         loaded = load_draft(directory, self.target.config, dtype=self.draft.fc.weight.dtype,
                             device=self.draft.fc.weight.device)
-        self.draft.load_state_dict({k: v for k, v in loaded.state_dict().items() if k != "embed_tokens.weight"},
-                                   strict=False)
+        mine = self.draft.state_dict()
+        self.draft.load_state_dict({k: shard_like(mine[k], v) for k, v in loaded.state_dict().items()
+                                    if k != EMBEDDING_NAME}, strict=False)
         state = json.loads((directory / "trainer" / "trainer_state.json").read_text())
         self._check_resume(directory, state)
         _load_optimizer(self.optimizer, self.draft, load_file(str(directory / "trainer" / "optimizer.safetensors")),
                         state["param_groups"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(state["step"], state["tokens"], state["seconds"], state["history"])
+        self.saved_step = self.state.step
 
     def _check_resume(self, directory: Path, state: dict[str, Any]) -> None:
         """An exact resume needs the same ranks and global batch: each rank's share of every batch depends on both."""
@@ -366,13 +394,13 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.loss:.3f}", acc0=f"{metrics.accuracies[0]:.2f}",
                             acc_last=f"{metrics.accuracies[-1]:.2f}")
-            if self.writes and self.config.save_every and self.state.step % self.config.save_every == 0:
+            if self.config.save_every and self.state.step % self.config.save_every == 0:
                 self.save_checkpoint()
         bar.close()
         if log is not None:
             log.close()
         self.draft.eval()
-        if self.writes and self.latest_checkpoint() != self.checkpoint_dir(self.state.step):
+        if self.saved_step != self.state.step:
             self.save_checkpoint()
         self.world.barrier()  # no rank leaves before the last checkpoint is on disk
         return self.state
@@ -405,13 +433,15 @@ class Trainer:
         counts = self.world.all_reduce_sum(counts)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros(3 * steps + 2, dtype=torch.float64)
-        for targets, ids, attention, loss_mask in parts:
-            loss, metrics = ttt_loss(self.draft, targets, ids, attention, loss_mask, self.config, counts)
-            if isinstance(loss, Tensor):
-                loss.backward()
+        for i, (targets, ids, attention, loss_mask) in enumerate(parts):
+            if self.sharded:  # FSDP reduce-scatters once, after the last micro-batch
+                self.model.set_requires_gradient_sync(i == len(parts) - 1)
+            loss, metrics = ttt_loss(self.model, targets, ids, attention, loss_mask, self.config, counts)
+            loss.backward()
             total += metrics.vector()
-        self.world.sum_gradients(self.draft)
-        torch.nn.utils.clip_grad_norm_(self.draft.parameters(), self.config.grad_clip)
+        if not self.sharded:
+            self.world.sum_gradients(self.draft)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return StepMetrics.from_vector(self.world.all_reduce_sum(total), steps), target_seconds
@@ -433,12 +463,12 @@ class Trainer:
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer, draft: PrismDraft) -> tuple[dict[str, Tensor], list]:
-    """AdamW state keyed by parameter name (safetensors), plus the JSON-able param groups."""
-    names = {id(p): n for n, p in draft.named_parameters()}
+    """AdamW state keyed by parameter name (safetensors), whole tensors, plus the JSON-able param groups. Every
+    rank calls it with a sharded draft: the states are gathered in parameter order, the same on every rank."""
     tensors = {}
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            tensors[f"{names[id(param)]}::{key}"] = value.detach().cpu().contiguous()
+    for name, param in draft.named_parameters():
+        for key, value in optimizer.state.get(param, {}).items():
+            tensors[f"{name}::{key}"] = full_tensor(value).detach().cpu().contiguous()
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
     return tensors, groups
 
@@ -449,6 +479,6 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, draft: PrismDraft, tensors
     for key, value in tensors.items():
         name, slot = key.split("::")
         param = params[name]
-        optimizer.state[param][slot] = value.to(param.device) if slot != "step" else value
+        optimizer.state[param][slot] = shard_like(param, value) if slot != "step" else value
     for group, saved in zip(optimizer.param_groups, groups, strict=True):
         group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.models.llama.modeling_llama import repeat_kv
 
 from prism_sglang.modeling import PrismDraft
@@ -119,3 +119,19 @@ def ttt_forward(draft: PrismDraft, input_ids: Tensor, features: Tensor, num_step
         hidden = module.finish(_attend(q, k0, v0, diag_k, diag_v), hidden)
         outputs.append(hidden)
     return outputs
+
+
+class DraftUnroll(nn.Module):
+    """The draft's whole training forward as one module call: the TTT unroll, then per step the draft logits of
+    the (row, index) cells that step scores (None: the step scores nothing). Wrappers that act around `forward`
+    — FSDP2 gathers sharded parameters before it and reduce-scatters their gradients after its backward — then
+    cover every module the unroll touches, however often the step table reuses one."""
+
+    def __init__(self, draft: PrismDraft) -> None:
+        super().__init__()
+        self.draft = draft
+
+    def forward(self, input_ids: Tensor, features: Tensor,
+                cells: list[tuple[Tensor, Tensor] | None]) -> list[Tensor | None]:
+        hiddens = ttt_forward(self.draft, input_ids, features, len(cells))
+        return [None if c is None else self.draft.logits(h[c]) for h, c in zip(hiddens, cells, strict=True)]
