@@ -106,10 +106,24 @@ def git_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU model and the vector extensions that decide which kernels run (the same code measures very
+    differently on AVX2 and on AVX-512 BF16 / AMX machines)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor()}
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in text.splitlines()
+                                                             if ":" in line)}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", ""),
+            "extensions": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"})}
+
+
 def host_info(device: str) -> dict[str, Any]:
     return {
         "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "device": device, "gpus": gpu_names(),
+        "cpu_count": os.cpu_count(), "cpu": cpu_info(), "device": device, "gpus": gpu_names(),
         "versions": {name: package_version(name) for name in ("torch", "transformers", "sglang", "prism-sglang")},
         "git": git_state(),
     }

@@ -54,6 +54,18 @@ def test_a_probe_that_pays_resets_the_backoff():
     assert trace == "cc" + "dddd" + "cc" + "d" * 8 + "c" * 6 + "ccc" + "dddd" + "cc" + "d"
 
 
+def test_a_new_request_starts_from_the_engines_latest_verdict():
+    costs = _frozen(1.0, 2.0)
+    first = AdaptiveSpeculation(costs, probe_cycles=2, min_backoff=4, max_backoff=64)
+    assert _run(first, 1, 2 + 4 + 2) == "cc" + "dddd" + "cc"  # two failed probes: the engine's verdict is 8
+    second = AdaptiveSpeculation(costs, probe_cycles=2, min_backoff=4, max_backoff=64)
+    # decodes plainly for that backoff, then probes; its next failure backs off twice as long
+    assert _run(second, 1, 8 + 2 + 16) == "d" * 8 + "cc" + "d" * 16
+    _run(second, 3, 2)  # a probe that pays
+    assert costs.backoff == 0
+    assert _run(AdaptiveSpeculation(costs, probe_cycles=2), 3, 5) == "c" * 5  # the next request speculates
+
+
 def test_costs_follow_a_running_mean():
     costs = StepCosts(weight=0.5)
     for seconds in (1.0, 3.0):
@@ -70,6 +82,7 @@ def test_greedy_output_stays_exact_across_switches(tiny_target):
     engine.costs = _frozen(1.0, 100.0)
     params = SamplingParams(max_new_tokens=70, ignore_eos=True)
     for prompt in ([3, 4, 5], [10, 11, 12, 13, 14, 15]):
+        engine.costs.backoff = 0  # each request starts speculating
         spec = engine.generate(prompt, params)
         assert spec.output_ids == engine.generate(prompt, params, speculative=False).output_ids
         # prefill token, 4 cycles, 16 plain steps, 4 cycles, 32 plain, 4 cycles, plain steps to the end

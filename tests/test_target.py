@@ -75,3 +75,41 @@ def test_aux_layer_out_of_range(tiny_target_dir):
 def test_dynamic_cache_type(tiny_target):
     out = tiny_target.forward(torch.tensor([[1, 2, 3]]))
     assert isinstance(out.past_key_values, DynamicCache)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prepared_for_decoding_computes_the_same_forwards(tmp_path, arch):
+    """The serving engine's target (weights stored transposed, KV heads not copied under a mask) gives the
+    plain target's logits and features: prefill, one decode step, and a masked tree forward."""
+    directory = make_tiny_target_dir(tmp_path, arch)
+    plain, fast = TargetModel.load(directory, aux_layer_ids=AUX), TargetModel.load(directory, aux_layer_ids=AUX)
+    fast.prepare_for_decoding()
+    assert not fast.model.lm_head.weight.is_contiguous()  # stored transposed: the layout changed
+    ids = torch.randint(0, plain.vocab_size, (1, 9))
+    mask = torch.ones(1, 1, 3, 12, dtype=torch.bool)
+    # a tree after 9 context tokens: nodes 0 and 1 are siblings, node 2 is node 0's child
+    mask[0, 0, 0, 10:] = False
+    mask[0, 0, 1, 9] = mask[0, 0, 1, 11] = False
+    mask[0, 0, 2, 10] = False
+    tree, positions = torch.tensor([[5, 7, 11]]), torch.tensor([[9, 9, 10]])
+    tol = dict(atol=1e-4, rtol=1e-4)  # the same sums in another order: float32 rounding only
+    outputs = []
+    for target in (plain, fast):
+        prefill = target.forward(ids)
+        step = target.forward(ids[:, -1:], DynamicCache(config=target.config))
+        cache = target.forward(ids).past_key_values
+        masked = target.forward(tree, cache, positions, mask)
+        outputs.append((prefill, step, masked))
+    for a, b in zip(*outputs, strict=True):
+        torch.testing.assert_close(b.logits, a.logits, **tol)
+        torch.testing.assert_close(b.features, a.features, **tol)
+
+
+def test_lazy_logit_rows_equal_the_full_logits(tiny_target):
+    ids = torch.randint(0, tiny_target.vocab_size, (1, 7))
+    full = tiny_target.forward(ids)
+    lazy = tiny_target.forward(ids, lazy_logits=True)
+    assert lazy.logits.shape[1] == 0 and len(lazy.rows) == 7  # nothing through the lm_head up front
+    for position in (6, 0, 3, 6):
+        torch.testing.assert_close(lazy.rows[position], full.logits[0, position], atol=1e-5, rtol=1e-5)
+    assert len(lazy.rows._rows) == 3  # each row once

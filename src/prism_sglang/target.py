@@ -8,16 +8,66 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers import AttentionInterface, AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+GROUPED_SDPA = "prism_grouped_sdpa"
+
+
+def grouped_sdpa_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                           attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           is_causal: bool | None = None, **kwargs) -> tuple[Tensor, None]:
+    """HF's SDPA attention, except that with a mask (a tree, a verified chain) the query heads of each KV head
+    are folded into its rows instead of the KV heads being copied once per query head (HF's `repeat_kv`, which
+    copies the whole KV cache of every layer on every masked forward). Without a mask it is HF's own."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if attention_mask is None or groups == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal,
+                                      **kwargs)
+    b, heads, n, d = query.shape
+    kv_heads, masks, keys = key.shape[1], attention_mask.shape[1], attention_mask.shape[-1]
+    # query head h reads KV head h // groups (repeat_kv's order): rows [g * n + i] of KV head h // groups
+    q = query.reshape(b, kv_heads, groups * n, d)
+    mask = attention_mask[:, :, None].expand(b, masks, groups, n, keys).reshape(b, masks, groups * n, keys)
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    return out.reshape(b, heads, n, d).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
+AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
 
 
 @dataclass
 class TargetOutput:
-    logits: Tensor  # [B, T, V] (or the last `logits_to_keep` positions)
+    logits: Tensor  # [B, T, V] (or the last `logits_to_keep` positions; none with `lazy_logits`)
     features: Tensor | None  # [B, T, A * H]: aux layer outputs concatenated in aux_layer_ids order
     past_key_values: DynamicCache
     final_hidden: Tensor | None = None  # [B, T, H] the final normed hidden state (lm_head input), if asked
+    rows: LogitRows | None = None  # with `lazy_logits`: batch row 0's logits, computed per position on demand
+
+
+class LogitRows:
+    """The logits of one sequence's positions, each computed when first read. Verifying a draft tree, the
+    acceptance walk reads only the root and the nodes it accepts (1 + accepted of N + 1), so the lm_head — on a
+    small model the largest matrix, [V, H] — runs over those rows only, each as the [1, H] product a plain
+    decode step computes."""
+
+    def __init__(self, hidden: Tensor, lm_head: nn.Module) -> None:
+        self.hidden, self.lm_head = hidden, lm_head  # [T, H] final normed hidden states
+        self._rows: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def __getitem__(self, position: int) -> Tensor:
+        position = int(position)
+        if position not in self._rows:
+            with torch.no_grad():
+                self._rows[position] = self.lm_head(self.hidden[position : position + 1])[0]
+        return self._rows[position]
 
 
 class TargetModel:
@@ -42,6 +92,18 @@ class TargetModel:
     ) -> TargetModel:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
         return cls(model.to(device), aux_layer_ids)
+
+    def prepare_for_decoding(self) -> None:
+        """For the serving engine on CPU (training keeps HF's defaults); the same arithmetic, faster:
+        * every linear weight [out, in] is stored transposed in memory (the same values, column-major):
+          decoding multiplies a few rows by each weight, and MKL's float32 GEMM reads an [in, out] row-major
+          operand faster for so few rows (2-core AVX2 EPYC, one thread: a SmolLM2 decode step 75 -> 48 ms);
+        * masked forwards (verification) use `grouped_sdpa_attention`, which does not copy the KV cache."""
+        self.model.set_attn_implementation(GROUPED_SDPA)
+        with torch.no_grad():
+            for module in self.model.modules():
+                if isinstance(module, nn.Linear) and module.weight.is_contiguous():
+                    module.weight.data = module.weight.data.t().contiguous().t()
 
     def set_aux_layers(self, aux_layer_ids: list[int]) -> None:
         """Capture the outputs of these decoder layers on every forward (hooks, so nothing else is kept)."""
@@ -90,12 +152,16 @@ class TargetModel:
         past_key_values: DynamicCache | None = None,
         position_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | Tensor = 0,
         final_hidden: bool = False,
+        lazy_logits: bool = False,
     ) -> TargetOutput:
         """One forward. `attention_mask` may be a 4D bool mask [B, 1, T, past + T] (True = visible) for trees,
         or a 2D padding mask; `logits_to_keep` = N > 0 computes logits for the last N positions only;
-        `final_hidden` also returns the final normed hidden state."""
+        `final_hidden` also returns the final normed hidden state; `lazy_logits` computes no logits here but
+        returns `rows`, batch row 0's logits position by position on demand."""
+        if lazy_logits:  # no rows through the lm_head now (an empty index), the final hidden kept for `rows`
+            logits_to_keep, final_hidden = torch.zeros(0, dtype=torch.long), True
         if past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         self._captured.clear()
@@ -112,7 +178,8 @@ class TargetModel:
             features = torch.cat([self._captured[i] for i in self.aux_layer_ids], dim=-1)
         final = self._captured["final"] if final_hidden else None
         self._captured.clear()
-        return TargetOutput(out.logits, features, out.past_key_values, final)
+        rows = LogitRows(final[0], self.model.get_output_embeddings()) if lazy_logits else None
+        return TargetOutput(out.logits, features, out.past_key_values, final, rows)
 
 
 def keep_cache_positions(cache: DynamicCache, prefix_length: int, keep: Tensor) -> None:

@@ -4,7 +4,10 @@ A cycle pays when the tokens it emits per second beat a plain decode step's: tau
 tau the request's recent tokens per cycle and t_decode, t_cycle the engine's running means (one machine, one
 model: the cost ratio is shared; acceptance is the request's own). A request whose cycles stop paying decodes
 without the draft for `backoff` tokens, then probes a few cycles again; each failed probe doubles the backoff
-(up to a limit), a probe that pays resets it. Both paths are exact (greedy: the target's argmax; sampling: the
+(up to a limit), a probe that pays resets it. A new request starts where the engine's latest verdict left off:
+after a failed probe it first decodes plainly for that probe's backoff (on a machine where cycles do not pay,
+every request would otherwise lose its first probes again), after a paying one it speculates at once. Both
+paths are exact (greedy: the target's argmax; sampling: the
 target's distribution), so switching keeps generation lossless; only the speed changes.
 """
 
@@ -21,6 +24,7 @@ class StepCosts:
     decode_s: float | None = None
     cycle_s: float | None = None
     weight: float = 0.1  # of the newest sample: a few dozen steps of memory, so context growth is followed
+    backoff: int = 0  # the latest probe's verdict: plain decode steps a new request takes before its first probe
 
     def observe(self, kind: str, seconds: float) -> None:
         old = getattr(self, f"{kind}_s")
@@ -41,8 +45,8 @@ class AdaptiveSpeculation:
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self._recent: deque[int] = deque(maxlen=2 * probe_cycles)  # tokens emitted by the latest cycles
         self._cycles_since_probe = 0
-        self._backoff = min_backoff
-        self._decode_left = 0  # plain decode steps before the next probe
+        self._backoff = max(min_backoff, min(2 * costs.backoff, max_backoff))
+        self._decode_left = costs.backoff  # plain decode steps before the next probe
 
     def speculate(self) -> bool:
         # Until the engine knows what a plain step costs, measure one (every request's first step after the
@@ -58,10 +62,12 @@ class AdaptiveSpeculation:
         speedup = self.costs.speedup(sum(self._recent) / len(self._recent))
         if speedup is not None and speedup < 1.0:
             self._decode_left, self._backoff = self._backoff, min(2 * self._backoff, self.max_backoff)
+            self.costs.backoff = self._decode_left
             self._recent.clear()
             self._cycles_since_probe = 0
         elif self._cycles_since_probe == self.probe_cycles:
             self._backoff = self.min_backoff  # this probe paid: a later drop starts from a short backoff
+            self.costs.backoff = 0
 
     def decode_done(self, seconds: float) -> None:
         self.costs.observe("decode", seconds)

@@ -34,7 +34,7 @@ from prism_sglang.engine.stats import SpecStats
 from prism_sglang.engine.tree import check_tree_settings, draft_tree
 from prism_sglang.engine.verify import accept
 from prism_sglang.modeling import KVCache, PrismDraft
-from prism_sglang.target import TargetModel, keep_cache_positions
+from prism_sglang.target import LogitRows, TargetModel, keep_cache_positions
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,8 @@ class Generation:
         positions = (m + torch.cat([torch.zeros(1, dtype=torch.long), tree.depths])).view(1, n + 1)
         mask = torch.ones(1, 1, n + 1, m + n + 1, dtype=torch.bool)
         mask[0, 0, :, m:] = tree.ancestor_mask()
-        out = engine.target.forward(ids, self._target_cache, positions, mask)
-        result = accept(tree, out.logits[0], self.params, self._generator)
+        out = engine.target.forward(ids, self._target_cache, positions, mask, lazy_logits=True)
+        result = accept(tree, out.rows, self.params, self._generator)
         t2 = time.perf_counter()
         keep = torch.tensor([0, *result.nodes])
         keep_cache_positions(self._target_cache, m, keep)
@@ -236,7 +236,7 @@ class Generation:
         tokens = [int(tree.tokens[i - 1]) for i in result.nodes] + [result.bonus]
         self.stats.record_cycle(len(result.nodes))
         self._m += len(tokens)
-        emitted = self._emit(tokens, out.logits[0], keep)  # token j was chosen at node keep[j] of the path
+        emitted = self._emit(tokens, out.rows, keep)  # token j was chosen at node keep[j] of the path
         if not self.finished:
             self._draft_extend(torch.tensor([tokens]), out.features[:, keep])
         t4 = time.perf_counter()
@@ -255,7 +255,7 @@ class Generation:
             self._draft_logits = draft.logits(hidden)[0]
 
     # -- stops -----------------------------------------------------------------------------------------
-    def _emit(self, tokens: list[int], logits: Tensor, rows: Sequence[int] | Tensor) -> list[int]:
+    def _emit(self, tokens: list[int], logits: Tensor | LogitRows, rows: Sequence[int] | Tensor) -> list[int]:
         """Append tokens one by one until a stop: EOS / stop token, max_new_tokens, or a stop string.
         `logits[rows[j]]` is the target's row that token j was chosen from; read only to record logprobs."""
         emitted = []

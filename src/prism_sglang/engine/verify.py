@@ -21,6 +21,7 @@ from torch import Tensor
 
 from prism_sglang.engine.sampling import SamplingParams, processed_probs
 from prism_sglang.engine.tree import DraftTree
+from prism_sglang.target import LogitRows
 
 
 @dataclass
@@ -29,8 +30,9 @@ class Acceptance:
     bonus: int  # the target's own token after the last accepted node
 
 
-def accept(tree: DraftTree, target_logits: Tensor, params: SamplingParams, generator: torch.Generator) -> Acceptance:
-    """Walk the tree with the target's logits for nodes 0..N ([N+1, V])."""
+def accept(tree: DraftTree, target_logits: Tensor | LogitRows, params: SamplingParams,
+           generator: torch.Generator) -> Acceptance:
+    """Walk the tree with the target's logits for nodes 0..N ([N+1, V], or rows computed as the walk reads them)."""
     children = tree.children()
     node, path = 0, []
     while True:
