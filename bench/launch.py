@@ -125,16 +125,17 @@ def sglang_command(python: str, target: str, config: Config, tree: Tree, host: s
 
 
 def cpu_command(python: str, target: str, config: Config, tree: Tree, host: str, port: int, max_running: int,
-                threads: int) -> list[str]:
+                threads: int, extra: list[str] = ()) -> list[str]:
     """`prism-sglang serve ...` (the reference engine behind SGLang's /generate), sized so that no request of
-    the largest concurrency waits in its queue or gets HTTP 429, and with no request timeout."""
+    the largest concurrency waits in its queue or gets HTTP 429, and with no request timeout; `extra` (e.g.
+    --speculation always) comes last and wins."""
     command = [python, "-m", "prism_sglang.cli", "serve", "--target", target, "--host", host, "--port", str(port),
                "--max-running", str(max_running), "--max-queue", str(max_running), "--num-threads", str(threads),
                "--request-timeout", "0"]
     if not config.speculative:
-        return [*command, "--no-draft"]
+        return [*command, "--no-draft", *extra]
     return [*command, "--draft", str(config.draft), "--num-steps", str(tree.num_steps), "--topk", str(tree.topk),
-            "--num-draft-tokens", str(tree.num_draft_tokens)]
+            "--num-draft-tokens", str(tree.num_draft_tokens), *extra]
 
 
 def sglang_cpu_command(python: str, target: str, config: Config, tree: Tree, host: str, port: int,

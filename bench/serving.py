@@ -109,8 +109,9 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--startup-timeout", metavar="SECONDS", type=float, default=900.0,
                    help="how long a server may take to answer /health (default: 900)")
     s.add_argument("--server-args", metavar="'ARGS'", default="",
-                   help="more sglang.launch_server flags for every configuration, one string, given with '=' "
-                        "(--server-args='--attention-backend triton --mem-fraction-static 0.7')")
+                   help="more server flags for every configuration, one string, given with '=': sglang.launch_server's "
+                        "(--server-args='--attention-backend triton --mem-fraction-static 0.7') or, with "
+                        "--backend-server cpu, prism-sglang serve's (--server-args='--speculation always')")
     s.add_argument("--sglang-python", metavar="PYTHON", default=sys.executable,
                    help="Python that runs sglang.launch_server (default: this one)")
     s.add_argument("--server-threads", metavar="N", type=int, default=1,
@@ -292,7 +293,7 @@ def server_spec(args: argparse.Namespace, setup: Setup, config: Config, max_runn
         env.update(sglang_cpu_env(args.server_threads))
     else:
         command = cpu_command(sys.executable, str(setup.target), config, setup.tree, args.host, port, max_running,
-                              args.server_threads)
+                              args.server_threads, setup.extra_server_args)
     return ServerSpec(config.name, command, args.host, port, setup.out / "logs" / f"server-{config.name}.log", env,
                       args.startup_timeout)
 

@@ -20,8 +20,10 @@ from tests.bench_support import processes_mentioning, run_bench_script
 from tests.conftest import make_draft, make_tiny_target_dir
 
 TINY_TREE = ["--num-steps", "3", "--topk", "2", "--num-draft-tokens", "5"]
+# Every request speculates: with random drafts, adaptive speculation (the CPU server's default) would stop after the
+# first requests' probes, and the acceptance figures checked here need cycles in every run.
 LOAD = ["--num-prompts", "2", "--max-tokens", "8", "--concurrency", "1", "2", "--temperature", "0", "1",
-        "--probe-prompts", "2"]
+        "--probe-prompts", "2", "--server-args=--speculation always"]
 
 
 def harness(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

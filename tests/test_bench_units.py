@@ -72,6 +72,9 @@ def test_both_spec_configurations_get_identical_flags(tmp_path):
     assert commands[1][-1] == "--x"  # extra flags last: they win
     cpu = cpu_command("py", "T", p, tree, "h", 1, 8, 1)
     assert cpu[cpu.index("--max-running") + 1] == cpu[cpu.index("--max-queue") + 1] == "8"
+    for config in (plain, p):  # the CPU server gets the extra flags too, last
+        assert cpu_command("py", "T", config, tree, "h", 1, 8, 1, ["--speculation", "always"])[-2:] == [
+            "--speculation", "always"]
 
 
 # -- prompts --------------------------------------------------------------------------------------------------
