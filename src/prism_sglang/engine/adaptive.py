@@ -7,8 +7,8 @@ without the draft for `backoff` tokens, then probes a few cycles again; each fai
 (up to a limit), a probe that pays resets it. A new request starts where the engine's latest verdict left off:
 after a failed probe it first decodes plainly for that probe's backoff (on a machine where cycles do not pay,
 every request would otherwise lose its first probes again), after a paying one it speculates at once. Both
-paths are exact (greedy: the target's argmax; sampling: the
-target's distribution), so switching keeps generation lossless; only the speed changes.
+paths are exact (greedy: the target's argmax; sampling: the target's distribution), so switching keeps
+generation lossless; only the speed changes.
 """
 
 from __future__ import annotations

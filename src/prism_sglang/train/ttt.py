@@ -123,7 +123,7 @@ def ttt_forward(draft: PrismDraft, input_ids: Tensor, features: Tensor, num_step
 
 class DraftUnroll(nn.Module):
     """The draft's whole training forward as one module call: the TTT unroll, then per step the draft logits of
-    the (row, index) cells that step scores (None: the step scores nothing). Wrappers that act around `forward`
+    the (row, index) cells that step scores (possibly none). Wrappers that act around `forward`
     — FSDP2 gathers sharded parameters before it and reduce-scatters their gradients after its backward — then
     cover every module the unroll touches, however often the step table reuses one."""
 
@@ -131,7 +131,6 @@ class DraftUnroll(nn.Module):
         super().__init__()
         self.draft = draft
 
-    def forward(self, input_ids: Tensor, features: Tensor,
-                cells: list[tuple[Tensor, Tensor] | None]) -> list[Tensor | None]:
+    def forward(self, input_ids: Tensor, features: Tensor, cells: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
         hiddens = ttt_forward(self.draft, input_ids, features, len(cells))
-        return [None if c is None else self.draft.logits(h[c]) for h, c in zip(hiddens, cells, strict=True)]
+        return [self.draft.logits(h[c]) for h, c in zip(hiddens, cells, strict=True)]
