@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from prism_sglang.target import TargetModel, keep_cache_positions
+from prism_sglang.target import FewRowLinear, GrowingCache, TargetModel, keep_cache_positions
 from tests.conftest import make_tiny_target_dir
 
 AUX = [1, 3, 6]
@@ -78,13 +78,18 @@ def test_dynamic_cache_type(tiny_target):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_prepared_for_decoding_computes_the_same_forwards(tmp_path, arch):
-    """The serving engine's target (weights stored transposed, KV heads not copied under a mask) gives the
-    plain target's logits and features: prefill, one decode step, and a masked tree forward."""
+@pytest.mark.parametrize("verifies_drafts", [False, True])
+def test_prepared_for_decoding_computes_the_same_forwards(tmp_path, arch, verifies_drafts):
+    """The serving engine's target (weights stored transposed, KV heads not copied under a mask, a growing KV
+    cache, with a draft prepacked weights for few rows) gives the plain target's logits and features: prefill,
+    one decode step, and a masked tree forward."""
     directory = make_tiny_target_dir(tmp_path, arch)
     plain, fast = TargetModel.load(directory, aux_layer_ids=AUX), TargetModel.load(directory, aux_layer_ids=AUX)
-    fast.prepare_for_decoding()
+    fast.prepare_for_decoding(verifies_drafts)
     assert not fast.model.lm_head.weight.is_contiguous()  # stored transposed: the layout changed
+    few_row_linears = [m for m in fast.model.modules() if isinstance(m, FewRowLinear)]
+    assert len(few_row_linears) == (7 * plain.num_layers if verifies_drafts else 0)
+    assert isinstance(fast.forward(torch.tensor([[1]])).past_key_values, GrowingCache)
     ids = torch.randint(0, plain.vocab_size, (1, 9))
     mask = torch.ones(1, 1, 3, 12, dtype=torch.bool)
     # a tree after 9 context tokens: nodes 0 and 1 are siblings, node 2 is node 0's child
@@ -103,6 +108,29 @@ def test_prepared_for_decoding_computes_the_same_forwards(tmp_path, arch):
     for a, b in zip(*outputs, strict=True):
         torch.testing.assert_close(b.logits, a.logits, **tol)
         torch.testing.assert_close(b.features, a.features, **tol)
+
+
+def test_growing_cache_holds_what_a_dynamic_cache_holds(tiny_target_dir):
+    """Cycles of the serving engine — a verifying forward of 3 tokens, then only some of them kept — past the
+    growing cache's first reserve: the same logits, and the same cached keys and values, as HF's cache."""
+    plain, fast = TargetModel.load(tiny_target_dir), TargetModel.load(tiny_target_dir)
+    fast.prepare_for_decoding(verifies_drafts=True)
+    ids = torch.randint(0, plain.vocab_size, (1, 20))
+    caches = [target.forward(ids).past_key_values for target in (plain, fast)]
+    first_capacity = caches[1].layers[0]._key_buffer.shape[-2]
+    length = 20
+    for kept in [1, 3, 2, 3, 3, 1, 2, 3] * 17:  # 306 more positions: past the first reserve of 256
+        step = torch.randint(0, plain.vocab_size, (1, 3))
+        logits = [t.forward(step, c).logits for t, c in zip((plain, fast), caches, strict=True)]
+        torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
+        for cache in caches:
+            keep_cache_positions(cache, length, torch.tensor([0, 2, 1][:kept]))
+        length += kept
+    assert first_capacity < length < caches[1].layers[0]._key_buffer.shape[-2]  # it grew, once
+    for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
+        assert b.keys.shape[-2] == length
+        torch.testing.assert_close(b.keys, a.keys, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(b.values, a.values, atol=1e-4, rtol=1e-4)
 
 
 def test_lazy_logit_rows_equal_the_full_logits(tiny_target):

@@ -26,7 +26,7 @@ def load_engine(
     tokenizer = AutoTokenizer.from_pretrained(str(target_path))
     target = TargetModel.load(target_path, dtype=dtype, device=device)
     if torch.device(device).type == "cpu":
-        target.prepare_for_decoding()
+        target.prepare_for_decoding(verifies_drafts=draft_path is not None)
     draft = None
     if draft_path is not None:
         draft = load_draft(draft_path, target.config, target.embedding_weight(), dtype=dtype, device=device)
