@@ -65,6 +65,12 @@ class FewRowLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+def _has_prepacked_linear() -> bool:
+    """This torch build has oneDNN and its prepacked linear ops (private ops, hence checked)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
 class GrowingLayer(DynamicLayer):
     """HF's DynamicLayer, except that keys and values are views into buffers with room to grow: a forward writes
     its new positions in place instead of concatenating the whole cache into a new tensor (HF's `torch.cat`
@@ -184,7 +190,7 @@ class TargetModel:
         if set(layer_types) == {"full_attention"} and not getattr(self.config, "use_sliding_window", False):
             self._new_cache = GrowingCache
         with torch.no_grad():
-            if verifies_drafts and torch.backends.mkldnn.is_available():
+            if verifies_drafts and _has_prepacked_linear():
                 for name, module in list(self._layers.named_modules()):
                     if isinstance(module, nn.Linear):
                         self._layers.set_submodule(name, FewRowLinear(module))
