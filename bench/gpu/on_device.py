@@ -397,6 +397,13 @@ class Reporter:
         self.say(f"results.tar.gz is over {RETURN_LIMIT >> 20} MiB even so: it will not come back")
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default. A shell starts background jobs (`nohup ... &`) with SIGINT
+    ignored, children inherit that, and Python then installs no KeyboardInterrupt handler: the time box's SIGINT
+    would do nothing and only the SIGKILL after GRACE_S would stop the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_command(argv: list[str], timeout: float, log: Path) -> int:
     """The command in its own process group, its output appended to `log`; past `timeout`, SIGINT (the bench
     scripts stop their servers on it), then SIGKILL after GRACE_S. Returns the exit status (124: timed out)."""
@@ -404,7 +411,8 @@ def run_command(argv: list[str], timeout: float, log: Path) -> int:
         f.write(f"$ {shlex.join(argv)}\n")
         f.flush()
         process = subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"},
+                                   preexec_fn=_default_sigint)
         try:
             return process.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
