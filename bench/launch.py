@@ -8,6 +8,7 @@ cap to 48, which would make the spec servers queue at concurrency 64 where the p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def sglang_command(python: str, target: str, config: Config, tree: Tree, host: s
 
 
 def cpu_command(python: str, target: str, config: Config, tree: Tree, host: str, port: int, max_running: int,
-                threads: int, extra: list[str] = ()) -> list[str]:
+                threads: int, extra: Sequence[str] = ()) -> list[str]:
     """`prism-sglang serve ...` (the reference engine behind SGLang's /generate), sized so that no request of
     the largest concurrency waits in its queue or gets HTTP 429, and with no request timeout; `extra` (e.g.
     --speculation always) comes last and wins."""

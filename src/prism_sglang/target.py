@@ -186,9 +186,8 @@ class TargetModel:
         * `verifies_drafts` (an engine with a draft): the decoder's linears become `FewRowLinear`s, whose
           prepacked weight copies make multi-token verification cheaper."""
         self.model.set_attn_implementation(GROUPED_SDPA)
-        layer_types = getattr(self.config, "layer_types", None) or ["full_attention"]
-        if set(layer_types) == {"full_attention"} and not getattr(self.config, "use_sliding_window", False):
-            self._new_cache = GrowingCache
+        if all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.config).layers):
+            self._new_cache = GrowingCache  # HF's own reading of the config: no sliding-window layer
         with torch.no_grad():
             if verifies_drafts and _has_prepacked_linear():
                 for name, module in list(self._layers.named_modules()):
