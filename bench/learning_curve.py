@@ -8,6 +8,10 @@ Reads `RUN/train_log.jsonl` (written by `prism-sglang train`) and any `prism-sgl
   * tau (with its 95% interval) of each eval report, at the token count it was taken.
 
     python bench/learning_curve.py runs/sharegpt/prism --eval 494790=eval-step200.json --out curve.png
+
+A draft trained in several runs, each continuing (`train --init-from`) the last one's draft, is one curve: name
+the runs in order, and `--tokens-before` for what the first run's starting draft had seen; a later run's tokens
+count on from the earlier runs' last.
 """
 
 from __future__ import annotations
@@ -29,20 +33,38 @@ def window_means(rows: list[dict], window: int) -> list[dict]:
     return points
 
 
+def read_runs(runs: list[Path], tokens_before: int) -> list[dict]:
+    """The runs' logs as one: each run's token counts shifted by everything trained before it."""
+    rows: list[dict] = []
+    offset = tokens_before
+    for run in runs:
+        log = run / "train_log.jsonl"
+        if not log.is_file():
+            raise FileNotFoundError(f"{log} not found (is {run} a training run?)")
+        own = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        rows += [{**row, "tokens": row["tokens"] + offset} for row in own]
+        offset += own[-1]["tokens"] if own else 0
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="a `prism-sglang train` output folder (with train_log.jsonl)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="a `prism-sglang train` output folder (with train_log.jsonl); several: runs that continued "
+                        "one another, in order")
+    p.add_argument("--tokens-before", type=int, default=0,
+                   help="fresh tokens the first run's starting draft had seen (default 0: trained from scratch)")
     p.add_argument("--eval", action="append", default=[], metavar="TOKENS=FILE",
                    help="an eval report (`prism-sglang eval --out`) of the checkpoint taken after TOKENS tokens")
     p.add_argument("--window", type=int, default=25, help="optimizer steps per averaged point (default 25)")
     p.add_argument("--out", required=True, help="PNG to write (a JSON with the same name is written beside it)")
     args = p.parse_args(argv)
 
-    log = Path(args.run) / "train_log.jsonl"
-    if not log.is_file():
-        print(f"error: {log} not found (is {args.run} a training run?)", file=sys.stderr)
+    try:
+        rows = read_runs([Path(run) for run in args.runs], args.tokens_before)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     points = window_means(rows, args.window)
     evals = []
     for spec in args.eval:
@@ -76,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    out.with_suffix(".json").write_text(json.dumps({"run": args.run, "points": points, "evals": evals}, indent=1)
-                                        + "\n")
+    curve = {"runs": args.runs, "tokens_before": args.tokens_before, "points": points, "evals": evals}
+    out.with_suffix(".json").write_text(json.dumps(curve, indent=1) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json')}: {len(points)} points, {len(evals)} evals")
     return 0
 

@@ -5,16 +5,21 @@
 # fresh: 3,695,646 more tokens, their own assistant turns labelled by SmolLM2's distribution, <= 768 tokens, TTT 6,
 # the 2m run's settings with a new warmup + linear decay over one epoch (1,458 steps; STEPS=N for fewer).
 # With it the draft's line would have seen 0.17M + 2.0M + 3.7M = 5.9M fresh tokens (34x the 2026-11-23 drafts).
-# NOT RUN TO THE END YET. On the 2-core AVX-512 BF16 CPU of the 2m run (~5 s a step in bf16) this epoch is ~2 h.
+# NOT RUN TO THE END YET (2026-12-07: 423 of 1,458 steps, checkpointed in runs/, which git does not keep). On the 2-core
+# AVX-512 BF16 CPU of the 2m run (~5 s a step in bf16) this epoch is ~2 h.
 # On 2026-12-06's AVX2-only host a bf16 matmul measured 37x slower than fp32 (PyTorch's fallback kernel), so
 # --precision auto trains in fp32 there: 85 tokens/s in one 1-thread process, 153 in two data-parallel ones
 # (bench/results/2026-12-06-cpu/train-scale.json), ~7 h for these 3.7M tokens (train --nproc 2 for that).
-# Resumable (--resume). Usage: bash recipes/smollm2-prism-continue.sh [RUN_DIR]
+# Resumable (--resume): MAX_MINUTES=N stops this run after N minutes of training with a checkpoint (the schedule
+# stays one epoch; the eval then measures the draft so far), the next call goes on from there. NPROC=2 trains in
+# two data-parallel processes. Usage: [NPROC=2] [MAX_MINUTES=N] bash recipes/smollm2-prism-continue.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/smollm2-prism-continue}
 PY=${PYTHON:-.venv/bin/python}
 STEPS=${STEPS:-}
+NPROC=${NPROC:-}
+MAX_MINUTES=${MAX_MINUTES:-}
 prism() { "$PY" -m prism_sglang.cli "$@"; }
 prism prepare-model smollm2
 INIT="$RUN/init"; mkdir -p "$INIT"
@@ -30,6 +35,7 @@ if [[ ! -f "$RUN/unused.jsonl" ]]; then   # what the 2m run's 800 steps did not 
 fi
 prism train --data "$RUN/unused.jsonl" --out "$RUN/prism" --init-from "$INIT" \
   --ttt-steps 6 --batch-size 4 --lr 5e-4 --max-length 768 --precision auto \
-  ${STEPS:+--max-steps "$STEPS"} --save-every 50 --resume
+  ${STEPS:+--max-steps "$STEPS"} ${NPROC:+--nproc "$NPROC"} ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"} \
+  --save-every 50 --resume
 prism eval --draft "$RUN/prism/final" --bench mt-bench,humaneval,gsm8k --limit 10 --num-steps 5 --topk 1 \
   --max-new-tokens 96 --no-baseline --out "$RUN/eval-5-1.json"

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.learning_curve import main as learning_curve
-from bench.learning_curve import window_means
+from bench.learning_curve import read_runs, window_means
 from bench.train_speed import end_to_end, measure_data, measure_training
 
 pytestmark = pytest.mark.timeout(300)
@@ -54,6 +54,20 @@ def test_learning_curve_averages_the_log(tmp_path):
     curve = json.loads(out.with_suffix(".json").read_text())
     assert out.stat().st_size > 0 and len(curve["points"]) == 2 and curve["evals"][0]["tau"] == 1.3
     assert learning_curve([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+
+
+def test_learning_curve_joins_runs_that_continue_one_another(tmp_path):
+    """A second run's tokens count on from the first's last, after what the first run's start had seen."""
+    for name, steps in (("first", 4), ("second", 2)):
+        (tmp_path / name).mkdir()
+        rows = [{"step": i + 1, "tokens": 100 * (i + 1), "loss": 1.0, "acc_0": 0.5} for i in range(steps)]
+        (tmp_path / name / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    joined = read_runs([tmp_path / "first", tmp_path / "second"], tokens_before=1000)
+    assert [r["tokens"] for r in joined] == [1100, 1200, 1300, 1400, 1500, 1600]
+    out = tmp_path / "curve.png"
+    args = [str(tmp_path / "first"), str(tmp_path / "second"), "--tokens-before", "1000", "--window", "2"]
+    assert learning_curve([*args, "--out", str(out)]) == 0
+    assert [p["tokens"] for p in json.loads(out.with_suffix(".json").read_text())["points"]] == [1200, 1400, 1600]
 
 
 def test_generation_batch_is_the_median_length_one(tiny_chat_target_dir):
