@@ -2,7 +2,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from prism_sglang.target import FewRowLinear, GrowingCache, TargetModel, keep_cache_positions
+from prism_sglang.few_rows import FewRowLinear
+from prism_sglang.target import GrowingCache, TargetModel, keep_cache_positions
 from tests.conftest import make_tiny_target_dir
 
 AUX = [1, 3, 6]
@@ -78,17 +79,17 @@ def test_dynamic_cache_type(tiny_target):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("verifies_drafts", [False, True])
-def test_prepared_for_decoding_computes_the_same_forwards(tmp_path, arch, verifies_drafts):
-    """The serving engine's target (weights stored transposed, KV heads not copied under a mask, a growing KV
-    cache, with a draft prepacked weights for few rows) gives the plain target's logits and features: prefill,
-    one decode step, and a masked tree forward."""
+def test_prepared_for_decoding_computes_the_same_forwards(tmp_path, arch):
+    """The serving engine's target (few-row kernels for the decoder's linears, the lm_head stored transposed,
+    KV heads not copied under a mask, a growing KV cache) gives the plain target's logits and features:
+    prefill, one decode step, and a masked tree forward."""
     directory = make_tiny_target_dir(tmp_path, arch)
     plain, fast = TargetModel.load(directory, aux_layer_ids=AUX), TargetModel.load(directory, aux_layer_ids=AUX)
-    fast.prepare_for_decoding(verifies_drafts)
+    fast.prepare_for_decoding()
     assert not fast.model.lm_head.weight.is_contiguous()  # stored transposed: the layout changed
     few_row_linears = [m for m in fast.model.modules() if isinstance(m, FewRowLinear)]
-    assert len(few_row_linears) == (7 * plain.num_layers if verifies_drafts else 0)
+    assert len(few_row_linears) == 7 * plain.num_layers
+    assert all(m.weight.is_contiguous() for m in few_row_linears)  # the kernel reads them row-major
     assert isinstance(fast.forward(torch.tensor([[1]])).past_key_values, GrowingCache)
     ids = torch.randint(0, plain.vocab_size, (1, 9))
     mask = torch.ones(1, 1, 3, 12, dtype=torch.bool)
@@ -114,7 +115,7 @@ def test_growing_cache_holds_what_a_dynamic_cache_holds(tiny_target_dir):
     """Cycles of the serving engine — a verifying forward of 3 tokens, then only some of them kept — past the
     growing cache's first reserve: the same logits, and the same cached keys and values, as HF's cache."""
     plain, fast = TargetModel.load(tiny_target_dir), TargetModel.load(tiny_target_dir)
-    fast.prepare_for_decoding(verifies_drafts=True)
+    fast.prepare_for_decoding()
     ids = torch.randint(0, plain.vocab_size, (1, 20))
     caches = [target.forward(ids).past_key_values for target in (plain, fast)]
     first_capacity = caches[1].layers[0]._key_buffer.shape[-2]

@@ -15,6 +15,8 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from prism_sglang.few_rows import use_few_row_linears
+
 GROUPED_SDPA = "prism_grouped_sdpa"
 
 
@@ -39,36 +41,6 @@ def grouped_sdpa_attention(module: nn.Module, query: Tensor, key: Tensor, value:
 
 AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
 AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
-
-
-# Up to this many rows oneDNN's product with a prepacked weight beats MKL's float32 GEMM; beyond, MKL is as fast
-# or faster (2-core AVX2 EPYC, one thread, SmolLM2's 210 decoder linears: 2 rows 45.6 -> 34.5 ms, 16 rows 100 -> 92,
-# 32 rows 148 -> 129, 64 rows 206 -> 212, 256 rows 652 -> 719; one row stays with MKL: 30.2 ms, oneDNN 33.3).
-FEW_ROWS = 32
-
-
-class FewRowLinear(nn.Linear):
-    """An nn.Linear (the same weight and bias parameters) that multiplies 2..FEW_ROWS rows — the tokens of a
-    verified chain or tree — with oneDNN on a copy of the weight prepacked in oneDNN's blocked layout: there MKL's
-    float32 GEMM costs 1.5 single-row products for two rows, oneDNN 1.14 (figures above). A decode step (one row)
-    and long prompts keep MKL. The copy doubles the memory of the decoder's linear weights (SmolLM2: +409 MiB)."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
-
-    def forward(self, x: Tensor) -> Tensor:
-        if 1 < x.numel() // self.in_features <= FEW_ROWS:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-
-def _has_prepacked_linear() -> bool:
-    """This torch build has oneDNN and its prepacked linear ops (private ops, hence checked)."""
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class GrowingLayer(DynamicLayer):
@@ -174,28 +146,19 @@ class TargetModel:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa")
         return cls(model.to(device), aux_layer_ids)
 
-    def prepare_for_decoding(self, verifies_drafts: bool = False) -> None:
+    def prepare_for_decoding(self) -> None:
         """For the serving engine on CPU (training keeps HF's defaults); the same arithmetic, faster:
-        * every linear weight [out, in] is stored transposed in memory (the same values, column-major):
-          decoding multiplies a few rows by each weight, and MKL's float32 GEMM reads an [in, out] row-major
-          operand faster for so few rows (2-core AVX2 EPYC, one thread, interleaved: a SmolLM2 decode step
-          74.9 -> 65.5 ms, a 3-token forward 147 -> 108 ms);
+        * the decoder's linears become `FewRowLinear`s: a decode step (1 row) and a verification (2..12 rows)
+          read each weight once (`prism_sglang.few_rows` has the figures); the lm_head, which acceptance runs
+          one row at a time, stays with MKL on a weight stored transposed;
         * masked forwards (verification) use `grouped_sdpa_attention`, which does not copy the KV cache;
         * new KV caches are `GrowingCache`s (no copy of the cache per forward), where every layer attends to
-          the whole context;
-        * `verifies_drafts` (an engine with a draft): the decoder's linears become `FewRowLinear`s, whose
-          prepacked weight copies make multi-token verification cheaper."""
+          the whole context."""
         self.model.set_attn_implementation(GROUPED_SDPA)
         if all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.config).layers):
             self._new_cache = GrowingCache  # HF's own reading of the config: no sliding-window layer
         with torch.no_grad():
-            if verifies_drafts and _has_prepacked_linear():
-                for name, module in list(self._layers.named_modules()):
-                    if isinstance(module, nn.Linear):
-                        self._layers.set_submodule(name, FewRowLinear(module))
-            for module in self.model.modules():
-                if isinstance(module, nn.Linear) and module.weight.is_contiguous():
-                    module.weight.data = module.weight.data.t().contiguous().t()
+            use_few_row_linears(self.model, one_row=(self.model.get_output_embeddings(),))
 
     def set_aux_layers(self, aux_layer_ids: list[int]) -> None:
         """Capture the outputs of these decoder layers on every forward (hooks, so nothing else is kept)."""

@@ -25,9 +25,10 @@ RUN pip install /tmp/wheels/torch-*.whl && rm -rf /tmp/wheels
 # The official image has a real torchvision; PyPI's needs CUDA torch, so the import-only stub of tests/stubs.
 COPY torchvision/ /opt/venv/lib/python3.11/site-packages/torchvision/
 COPY constraints.txt sglang-cpu.txt /tmp/requirements/
-# Versions: constraints.txt and the pins in the commands, as `make install` has them.
+# Versions: constraints.txt and the pins in the commands, as `make install` has them. numba: a dependency of
+# sglang 0.5.17 (its pin is in constraints.txt), so the official image has it.
 # hadolint ignore=DL3013
-RUN pip install -c /tmp/requirements/constraints.txt transformers tokenizers safetensors numpy sentencepiece \
+RUN pip install -c /tmp/requirements/constraints.txt transformers tokenizers safetensors numpy numba sentencepiece \
     && pip install --no-deps sglang==0.5.17 triton==3.6.0 compressed-tensors xgrammar==0.2.1 \
     && pip install -c /tmp/requirements/constraints.txt -r /tmp/requirements/sglang-cpu.txt \
     && python3 -c "import sglang; assert sglang.__version__ == '0.5.17', sglang.__version__"

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from prism_sglang.checkpoint import load_draft
 from prism_sglang.engine.generate import DEFAULT_TREE, SpeculativeEngine, TreeSettings
+from prism_sglang.few_rows import use_few_row_linears
 from prism_sglang.target import TargetModel
 
 
@@ -25,11 +26,14 @@ def load_engine(
     `adaptive`: see SpeculativeEngine."""
     tokenizer = AutoTokenizer.from_pretrained(str(target_path))
     target = TargetModel.load(target_path, dtype=dtype, device=device)
-    if torch.device(device).type == "cpu":
-        target.prepare_for_decoding(verifies_drafts=draft_path is not None)
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu:
+        target.prepare_for_decoding()
     draft = None
     if draft_path is not None:
         draft = load_draft(draft_path, target.config, target.embedding_weight(), dtype=dtype, device=device)
+        if on_cpu:  # a draft step multiplies a few rows too; its lm_head, like the target's, stays with MKL
+            use_few_row_linears(draft, one_row=(draft.lm_head,))
     return SpeculativeEngine(target, draft, tree, tokenizer, adaptive)
 
 

@@ -24,8 +24,9 @@ DIST = "prism-sglang"
 ENTRY_POINT_GROUP = "sglang.srt.plugins"
 ENTRY_POINT_NAME = "prism"
 ENTRY_POINT_VALUE = "prism_sglang.sglang.plugin:register"
-# The image's own stack: these come with sglang's pins and are never installed or upgraded by us.
-STACK = frozenset({"torch", "transformers", "tokenizers", "safetensors", "numpy", "triton"})
+# The image's own stack: these come with sglang's pins and are never installed or upgraded by us (numba, which
+# the CPU engine's kernel needs, is one of sglang's: not pure Python, never installed --no-deps without llvmlite).
+STACK = frozenset({"torch", "transformers", "tokenizers", "safetensors", "numpy", "numba", "llvmlite", "triton"})
 
 
 def base_requirements(dist: str = DIST) -> list[Requirement]:
