@@ -48,10 +48,24 @@ def test_a_probe_that_pays_resets_the_backoff():
     switch = AdaptiveSpeculation(_frozen(1.0, 2.0), probe_cycles=2, min_backoff=4, max_backoff=64)
     trace = _run(switch, 1, 2 + 4 + 2 + 8)  # two failed probes: backoff 4, then 8
     trace += _run(switch, 3, 6)  # the third probe pays
-    # Drops again: three cycles until the window of 4 (3, 1, 1, 1) pays < 1, then the backoff restarts at 4, a
-    # failed 2-cycle probe doubles it.
-    trace += _run(switch, 1, 3 + 4 + 2 + 1)
-    assert trace == "cc" + "dddd" + "cc" + "d" * 8 + "c" * 6 + "ccc" + "dddd" + "cc" + "d"
+    # Drops again: the window remembers the six paying cycles, verdicts come every 2 cycles, so it takes 8 cycles
+    # of 1 token until the mean of (3 x 6, 1 x 8) falls below 2; then the backoff restarts at 4, and a failed
+    # 2-cycle probe (judged on its own cycles) doubles it.
+    trace += _run(switch, 1, 8 + 4 + 2 + 1)
+    assert trace == "cc" + "dddd" + "cc" + "d" * 8 + "c" * 6 + "c" * 8 + "dddd" + "cc" + "d"
+
+
+def test_a_stretch_of_rejections_in_a_paying_request_does_not_stop_speculation():
+    """Chain 1/1 at 1.15 decode steps a cycle (2026-12-07, AVX2 EPYC): 8 cycles of 1 token in a row, inside a
+    request that averages 1.33 tokens a cycle, are noise, not a verdict."""
+    switch = AdaptiveSpeculation(_frozen(1.0, 1.15))
+    tokens = [2, 2, 2, 2] + [1] * 8 + [2, 2, 1, 1, 2, 1] * 10
+    trace = ""
+    for count in tokens:
+        assert switch.speculate()
+        switch.cycle_done(count, 1.15)
+        trace += "c"
+    assert trace == "c" * len(tokens)
 
 
 def test_a_new_request_starts_from_the_engines_latest_verdict():
@@ -64,6 +78,15 @@ def test_a_new_request_starts_from_the_engines_latest_verdict():
     _run(second, 3, 2)  # a probe that pays
     assert costs.backoff == 0
     assert _run(AdaptiveSpeculation(costs, probe_cycles=2), 3, 5) == "c" * 5  # the next request speculates
+
+
+def test_a_failed_probe_is_carried_over_only_where_cycles_do_not_pay_on_average():
+    costs = _frozen(1.0, 1.15)
+    costs.backoff = 32  # another request's probe just failed
+    costs.tokens_per_cycle = 1.4  # but the engine's cycles pay on average: a new request speculates at once
+    assert AdaptiveSpeculation(costs).speculate()
+    costs.tokens_per_cycle = 1.1  # they do not: it decodes plainly for the failed probe's backoff first
+    assert _run(AdaptiveSpeculation(costs, probe_cycles=2), 1, 32 + 2) == "d" * 32 + "cc"
 
 
 def test_costs_follow_a_running_mean():

@@ -214,6 +214,7 @@ class Generation:
         if self._pending_tokens:  # catch the draft up with what plain decode steps committed
             self._draft_extend(torch.tensor([self._pending_tokens]), torch.cat(self._pending_features, dim=1))
             self._pending_tokens, self._pending_features = [], []
+        caught_up = time.perf_counter()
         sampled = settings.rejection_sampling and not self.params.greedy
         tree = draft_tree(
             engine.draft, self._draft_cache, self._hidden, self._draft_logits, root_position=self._m - 1,
@@ -242,8 +243,8 @@ class Generation:
         t4 = time.perf_counter()
         for phase, seconds in (("draft", t1 - t0), ("verify", t2 - t1), ("cache", t3 - t2), ("extend", t4 - t3)):
             self.stats.add_time(phase, seconds)
-        if self._switch is not None:
-            self._switch.cycle_done(len(emitted), t4 - t0)
+        if self._switch is not None:  # a cycle's own cost: the catch-up is paid once per probe, not per cycle
+            self._switch.cycle_done(len(emitted), t4 - caught_up)
         return emitted
 
     def _draft_extend(self, tokens: Tensor, features: Tensor) -> None:
