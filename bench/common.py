@@ -180,6 +180,14 @@ def write_json(path: Path, data: dict[str, Any], schema_name: str) -> Path:
     return path
 
 
+def write_report(out: str | None, report: dict[str, Any]) -> None:
+    """A CPU measurement script's JSON (no schema: each script's own keys) to `out`, if one was given."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
 def relative(path: Path, root: Path) -> str:
     """A path as stored in results: relative to the results folder when inside it (the folder can move)."""
     try:

@@ -16,7 +16,6 @@ Run nothing else meanwhile: the figures are wall-clock times.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importab
 
 import torch
 
-from bench.common import host_info
+from bench.common import host_info, write_report
 from prism_sglang.data.eval_sets import load_eval_set
 from prism_sglang.engine.generate import SpeculativeEngine, TreeSettings
 from prism_sglang.engine.loading import encode_chat, load_engine
@@ -150,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                            "configs": [r.name for r in runs], "target": str(target_dir), "draft": str(draft_dir),
                            "dtype": "float32"},
               "machine": host_info("cpu"), "results": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -16,7 +16,6 @@ Run nothing else meanwhile: the figures are wall-clock times.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importab
 import torch
 from torch import nn
 
-from bench.common import host_info
+from bench.common import host_info, write_report
 from prism_sglang.target import TargetModel
 
 KINDS = ("attention linears", "attention rest", "mlp linears", "mlp rest", "norms", "rest of the forward")
@@ -136,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     report = {"settings": {**vars(args), "target": str(target_dir), "dtype": "float32"},
               "machine": host_info("cpu"), "results": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

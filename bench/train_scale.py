@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importab
 
 import torch
 
-from bench.common import host_info
+from bench.common import host_info, write_report
 from prism_sglang.prepare_model import prepare_smollm2
 from prism_sglang.train.trainer import resolve_precision
 
@@ -157,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads_per_rank)
         print(f"lengths: TTT unroll of {args.ttt_steps} steps, batch {args.batch_per_rank}", flush=True)
         report["lengths"] = measure_lengths(target_dir, args)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

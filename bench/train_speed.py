@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importab
 import torch
 from transformers import AutoTokenizer
 
-from bench.common import host_info
+from bench.common import host_info, write_report
 from prism_sglang.data.prompt_sources import load_prompts
 from prism_sglang.engine.batch import generate_batch
 from prism_sglang.engine.loading import encode_chat
@@ -150,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {precision:5s} {data_path:18s} {rate:7.1f} tokens/s = {rate * 3600 / 1e6:5.2f} M tokens/h")
     report = {"settings": vars(args), "machine": host_info("cuda" if torch.cuda.is_available() else "cpu"),
               "stages": stages, "end_to_end_tokens_per_s": summary}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 
