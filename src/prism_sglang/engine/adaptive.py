@@ -22,6 +22,11 @@ from collections import deque
 from dataclasses import dataclass
 
 
+def _running_mean(mean: float | None, sample: float, weight: float) -> float:
+    """An exponential running mean; the first sample starts it."""
+    return sample if mean is None else mean + weight * (sample - mean)
+
+
 @dataclass
 class StepCosts:
     """Engine-wide running means, in seconds, of a plain decode step and of a speculative cycle."""
@@ -34,12 +39,10 @@ class StepCosts:
     tokens_weight: float = 0.02
 
     def observe(self, kind: str, seconds: float) -> None:
-        old = getattr(self, f"{kind}_s")
-        setattr(self, f"{kind}_s", seconds if old is None else old + self.weight * (seconds - old))
+        setattr(self, f"{kind}_s", _running_mean(getattr(self, f"{kind}_s"), seconds, self.weight))
 
     def observe_cycle_tokens(self, tokens: int) -> None:
-        old = self.tokens_per_cycle
-        self.tokens_per_cycle = tokens if old is None else old + self.tokens_weight * (tokens - old)
+        self.tokens_per_cycle = _running_mean(self.tokens_per_cycle, tokens, self.tokens_weight)
 
     def cycles_pay(self) -> bool:
         """Whether the engine's cycles pay on average (True until measured)."""
