@@ -69,19 +69,33 @@ class FewRowLinear(nn.Linear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
+        self._array: np.ndarray | None = None  # the weight as the kernel reads it, for `_array_of`'s storage
+        self._array_of = -1
 
     def forward(self, x: Tensor) -> Tensor:
+        # A decode step calls ~200 of these: the checks are ordered and cached so that the call costs a few µs
+        # beyond the kernel (torch's `.numpy()` of the weight, rebuilt each call, cost more than a small product).
         rows = x.numel() // self.in_features
-        if (rows > FEW_ROWS or x.dtype != torch.float32 or x.device.type != "cpu" or self.weight.dtype != x.dtype
-                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-                or not self.weight.is_contiguous()):
+        weight = self._kernel_weight()
+        if (rows > FEW_ROWS or weight is None or x.dtype is not torch.float32 or not x.is_cpu
+                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, self.in_features).contiguous()
-        out = torch.empty(rows, self.out_features)
-        few_row_product(flat.numpy(), self.weight.detach().numpy(), out.numpy())
+        out = np.empty((rows, self.out_features), dtype=np.float32)
+        few_row_product(x.reshape(rows, self.in_features).contiguous().numpy(), weight, out)
+        result = torch.from_numpy(out)
         if self.bias is not None:
-            out += self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+            result += self.bias
+        return result.view(*x.shape[:-1], self.out_features)
+
+    def _kernel_weight(self) -> np.ndarray | None:
+        """The weight as a numpy array when the kernel can read it (float32, CPU, row-major), else None; kept
+        until the parameter's storage changes (`module.to(...)`, a load into `.data`)."""
+        weight = self.weight
+        if weight.data_ptr() != self._array_of:
+            usable = weight.dtype is torch.float32 and weight.is_cpu and weight.is_contiguous()
+            self._array = weight.detach().numpy() if usable else None
+            self._array_of = weight.data_ptr()
+        return self._array
 
 
 def use_few_row_linears(module: nn.Module, one_row: tuple[nn.Module, ...] = ()) -> int:
