@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prism_sglang.engine import SamplingParams, SpeculativeEngine, TreeSettings
-from prism_sglang.engine.tree import DraftTree, check_tree_settings, draft_tree
+from prism_sglang.engine.tree import DraftTree, check_tree_settings, draft_tree, top_candidates
 from prism_sglang.modeling import KVCache
 from prism_sglang.target import TargetModel
 from tests.conftest import make_draft
@@ -157,6 +157,22 @@ def test_tree_shape_follows_sglang_settings(tiny_target):
 def test_bad_tree_settings(steps, topk, tokens):
     with pytest.raises(ValueError):
         check_tree_settings(steps, topk, tokens)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 9])
+def test_top_candidates_equal_a_stable_sort_ties_included(k):
+    """The fast paths (max, topk) pick and order exactly what a stable descending sort does, ties by lower index:
+    rows with ties inside the top k only, with ties across the cut, and without ties."""
+    generator = torch.Generator().manual_seed(k)
+    for shape in ([6, 40], [8192]):
+        ties = torch.randint(0, 5, shape, generator=generator).double() / 4
+        unique = 1 + torch.rand(shape, generator=generator, dtype=torch.float64)
+        inside = unique.clone()
+        inside[..., 3:3 + k] = 2.0  # the k best, all equal
+        for scores in (ties, unique, inside, torch.cat([ties, unique], dim=-1)):
+            order = torch.argsort(scores, dim=-1, descending=True, stable=True)[..., :k]
+            values, picked = top_candidates(scores, k)
+            assert torch.equal(picked, order) and torch.equal(values, scores.gather(-1, order))
 
 
 def test_ancestor_mask_small_tree():

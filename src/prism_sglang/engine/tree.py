@@ -52,7 +52,17 @@ class DraftTree:
 
 
 def top_candidates(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k along the last dim, ties broken by lower index (keeps the tree closed under parents)."""
+    """Top-k along the last dim, best first, ties broken by lower index (keeps the tree closed under parents).
+    A stable sort of a whole draft vocabulary costs ~0.3-0.8 ms a row here, torch.topk ~0.03 ms but without an
+    order among ties; so: topk, then the k winners ordered stably, unless a tie straddles the cut."""
+    if k == 1:  # max returns the first maximum
+        return scores.max(dim=-1, keepdim=True)
+    if k < scores.shape[-1]:
+        values, order = torch.topk(scores, k, dim=-1)
+        if not bool(((scores >= values[..., -1:]).sum(-1) > k).any()):  # the k winners are certain
+            order = order.sort(dim=-1).values
+            order = order.gather(-1, torch.argsort(scores.gather(-1, order), dim=-1, descending=True, stable=True))
+            return scores.gather(-1, order), order
     order = torch.argsort(scores, dim=-1, descending=True, stable=True)[..., :k]
     return scores.gather(-1, order), order
 
