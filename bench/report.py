@@ -197,6 +197,10 @@ def _measured(serving: dict[str, Any]) -> str:
         f"(sent as `sampling_params` {s['sent_sampling_params']}, checked before the runs); "
         f"{s['warmup_requests']} warm-up request(s) per run, not measured.",
         "- Throughput, TTFT, TPOT, ITL and E2E latency are sglang.benchmark.serving's own figures for the run.",
+        "- Order: " + ("interleaved: every configuration's server up at once, each bench/temperature/concurrency run "
+                       "on all of them in turn, the order reversed every other time (drift of the machine's speed "
+                       "hits all alike)." if s.get("interleaved") else
+                       "one server at a time, each configuration's runs back to back."),
         "- Acceptance length per run (τ, bonus token included) from each measured request's "
         "`meta_info.spec_accept_length` (= completion tokens / verification cycles): τ_run = Σ output_len / "
         "Σ (output_len / spec_accept_length), all tokens over all cycles of the run. /server_info is not used "

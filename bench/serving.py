@@ -145,6 +145,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--warmup-requests", metavar="N", type=int, default=1,
                       help="unmeasured requests before each run (default: 1)")
     load.add_argument("--seed", type=int, default=0, help="request order seed of sglang.benchmark.serving")
+    load.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                      help="start every configuration's server at once and run each bench/temperature/concurrency "
+                           "on all of them in turn (order reversed every other time), so that drift of the "
+                           "machine's speed hits all alike (default: on for --backend-server cpu, whose servers "
+                           "share the host's memory; off for SGLang, whose servers each claim the GPU's)")
 
     probe = p.add_argument_group("per-position acceptance probe")
     probe.add_argument("--probe-prompts", metavar="N", type=int, default=10,
@@ -161,6 +166,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="`prism-sglang eval --out` files to fold into report.md (offline acceptance)")
     args = p.parse_args(argv)
     _check_numbers(p, args)
+    if args.interleave is None:
+        args.interleave = resolve_backend_server(args.backend_server) == "cpu"
     return args
 
 
@@ -356,34 +363,47 @@ def run_record(config: Config, bench: str, temperature: float, concurrency: int,
     }
 
 
-def benchmark_config(args: argparse.Namespace, setup: Setup, serving: Any, config: Config,
-                     server: ServerProcess) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Cell:
+    """One measured run's load: a bench at one temperature and concurrency."""
+
+    bench: str
+    temperature: float
+    concurrency: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.bench}-t{self.temperature:g}-c{self.concurrency}"
+
+
+def cells(args: argparse.Namespace) -> list[Cell]:
+    return [Cell(bench, temperature, concurrency) for temperature in args.temperature for bench in args.benches
+            for concurrency in args.concurrency]
+
+
+def benchmark_cell(args: argparse.Namespace, setup: Setup, serving: Any, config: Config, server: ServerProcess,
+                   cell: Cell) -> dict[str, Any]:
     from bench import loadgen
 
-    runs = []
-    for temperature in args.temperature:
-        for bench in args.benches:
-            for concurrency in args.concurrency:
-                requests = requests_for(args, concurrency)
-                name = f"{bench}-t{temperature:g}-c{concurrency}"
-                spec = loadgen.RunSpec(server.spec.url, setup.datasets[bench, requests], requests, args.max_tokens,
-                                       concurrency, temperature, str(setup.target), args.seed, args.warmup_requests,
-                                       setup.out / "raw" / config.name / f"{name}.jsonl")
-                log = setup.out / "logs" / config.name / f"{name}.log"
-                assert server.memory is not None
-                server.memory.reset_window()
-                start_load = load_average()
-                result, records = loadgen.run(serving, spec, log)
-                if not result["completed"]:  # no figure of such a run means anything: stop and say why
-                    errors = [e for e in result.get("errors", []) if e]
-                    raise BenchError(f"[{config.name}] every request of {name} failed; first error: "
-                                     f"{errors[0][-1500:] if errors else '?'} (see {log})")
-                acceptance = run_acceptance(records) if config.speculative else None
-                files = {"raw_output": relative(spec.raw_output, setup.out), "log": relative(log, setup.out)}
-                runs.append(run_record(config, bench, temperature, concurrency, requests, result, acceptance,
-                                       server.memory.window_peak_mib, (start_load, load_average()), files))
-                _print_run(runs[-1])
-    return runs
+    requests = requests_for(args, cell.concurrency)
+    spec = loadgen.RunSpec(server.spec.url, setup.datasets[cell.bench, requests], requests, args.max_tokens,
+                           cell.concurrency, cell.temperature, str(setup.target), args.seed, args.warmup_requests,
+                           setup.out / "raw" / config.name / f"{cell.name}.jsonl")
+    log = setup.out / "logs" / config.name / f"{cell.name}.log"
+    assert server.memory is not None
+    server.memory.reset_window()
+    start_load = load_average()
+    result, records = loadgen.run(serving, spec, log)
+    if not result["completed"]:  # no figure of such a run means anything: stop and say why
+        errors = [e for e in result.get("errors", []) if e]
+        raise BenchError(f"[{config.name}] every request of {cell.name} failed; first error: "
+                         f"{errors[0][-1500:] if errors else '?'} (see {log})")
+    acceptance = run_acceptance(records) if config.speculative else None
+    files = {"raw_output": relative(spec.raw_output, setup.out), "log": relative(log, setup.out)}
+    run = run_record(config, cell.bench, cell.temperature, cell.concurrency, requests, result, acceptance,
+                     server.memory.window_peak_mib, (start_load, load_average()), files)
+    _print_run(run)
+    return run
 
 
 def _print_run(run: dict[str, Any]) -> None:
@@ -444,6 +464,33 @@ def _ratio(values: dict[str, float], numerator: str, denominator: str) -> float 
 
 
 # -- main -----------------------------------------------------------------------------------------------------
+def measure(args: argparse.Namespace, setup: Setup,
+            serving: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """Every configuration's runs, acceptance probe and record: (configs, runs, positions, memory kind).
+
+    Interleaved, all servers are up at once and each cell is run by every configuration in turn, the order
+    reversed every other cell, so that a machine whose speed drifts over the invocation (a shared CPU host: 20%
+    between runs minutes apart) slows every configuration alike; otherwise one server runs at a time."""
+    configs, runs, positions, memory_kind = [], [], [], None
+    groups = [setup.configs] if args.interleave else [[config] for config in setup.configs]
+    for group in groups:
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(start_server(args, setup, config, max(args.concurrency)))
+                       for config in group]
+            reported = [check_server(server.server_info(), config, setup.tree)
+                        for config, server in zip(group, servers, strict=True)]
+            pairs = list(zip(group, servers, strict=True))
+            for i, cell in enumerate(cells(args)):
+                for config, server in pairs if i % 2 == 0 else pairs[::-1]:
+                    runs.append(benchmark_cell(args, setup, serving, config, server, cell))
+            for (config, server), server_reported in zip(pairs, reported, strict=True):
+                positions += probe_config(args, setup, config, server.spec.url)
+                assert server.memory is not None
+                memory_kind = server.memory.kind
+                configs.append(config_record(setup, config, server, server_reported))
+    return configs, runs, positions, memory_kind
+
+
 def settings_record(args: argparse.Namespace, setup: Setup, sent: dict[str, Any],
                     memory_kind: str | None) -> dict[str, Any]:
     return {
@@ -457,7 +504,7 @@ def settings_record(args: argparse.Namespace, setup: Setup, sent: dict[str, Any]
         "temperatures": args.temperature, "request_rate": "inf", "warmup_requests": args.warmup_requests,
         "seed": args.seed, "sent_sampling_params": sent, "server_args": setup.extra_server_args,
         "server_threads": args.server_threads if setup.backend in ("cpu", "sglang-cpu") else None,
-        "random_drafts": args.random_drafts, "memory_kind": memory_kind,
+        "random_drafts": args.random_drafts, "memory_kind": memory_kind, "interleaved": args.interleave,
         "probe": {"prompts_per_bench": args.probe_prompts, "max_tokens": args.probe_max_tokens or args.max_tokens,
                   "concurrency": args.probe_concurrency},
     }
@@ -479,15 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         sent[f"{temperature:g}"] = loadgen.sent_sampling_params(serving, probe_spec)
     print(f"benchmarking {[c.name for c in setup.configs]} on {setup.device} ({setup.backend} server), "
           f"tree {setup.tree.describe()}, results in {setup.out}", flush=True)
-    configs, runs, positions, memory_kind = [], [], [], None
-    for config in setup.configs:
-        with start_server(args, setup, config, max(args.concurrency)) as server:
-            reported = check_server(server.server_info(), config, setup.tree)
-            runs += benchmark_config(args, setup, serving, config, server)
-            positions += probe_config(args, setup, config, server.spec.url)
-            assert server.memory is not None
-            memory_kind = server.memory.kind
-            configs.append(config_record(setup, config, server, reported))
+    configs, runs, positions, memory_kind = measure(args, setup, serving)
     results = {
         "schema_version": 1, "kind": "serving", "created": now_iso(), "device": setup.device,
         "command": ["python", "bench/serving.py", *(sys.argv[1:] if argv is None else argv)],

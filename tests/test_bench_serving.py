@@ -67,6 +67,10 @@ class TestFullRun:
         assert [c["name"] for c in data["configs"]] == ["none", "eagle3", "prism"]
         assert len(data["runs"]) == 3 * 3 * 2 * 2  # configs x benches x temperatures x concurrencies
         assert data["settings"]["requests_by_concurrency"] == {"1": 2, "2": 4}
+        # The CPU servers run side by side: each cell on every configuration in turn, every other cell reversed.
+        assert data["settings"]["interleaved"] is True
+        assert [r["config"] for r in data["runs"][:6]] == ["none", "eagle3", "prism", "prism", "eagle3", "none"]
+        assert len({(r["bench"], r["temperature"], r["concurrency"]) for r in data["runs"][:3]}) == 1
         for run in data["runs"]:
             assert run["completed"] == run["requests"] == {1: 2, 2: 4}[run["concurrency"]] and run["failed"] == 0
             assert run["total_output_tokens"] == 8 * run["requests"]  # EOS ignored: exactly max tokens each
@@ -133,16 +137,18 @@ class TestFullRun:
 
 @pytest.mark.timeout(600)
 def test_a_server_that_cannot_load_its_draft_is_reported(tiny, tmp_path):
-    """A draft that passes the folder check but was made for another target: the server dies while loading."""
+    """A draft that passes the folder check but was made for another target: the server dies while loading, and
+    the 'none' server started before it (the servers run side by side) is stopped too."""
     other = TargetModel.load(make_tiny_target_dir(tmp_path / "other"), aux_layer_ids=[1, 3, 4])
     save_draft(make_draft(other), tmp_path / "wrong-prism", dtype=None)
     result = harness("--target", str(tiny["target"]), "--prism-draft", str(tmp_path / "wrong-prism"),
-                     "--configs", "prism", *LOAD, "--out", str(tmp_path / "out"))
+                     "--configs", "none", "prism", *LOAD, "--out", str(tmp_path / "out"))
     assert result.returncode == 1
+    assert "[none] ready" in result.stdout
     assert "error: the 'prism' server exited with status" in result.stderr
     assert "another target" in result.stderr  # the end of the server's log comes with the message
     assert not (tmp_path / "out" / "serving.json").exists()
-    assert processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(tiny["target"])) == []
 
 
 @pytest.mark.timeout(300)
