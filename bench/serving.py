@@ -105,7 +105,9 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--num-draft-tokens", metavar="N", type=int, default=None,
                    help="tokens verified per cycle, root included (default: 16; num-steps + 1 with --topk 1)")
     s.add_argument("--host", default="127.0.0.1", help="address the servers bind (default: 127.0.0.1)")
-    s.add_argument("--port", type=int, default=0, help="server port; 0 (default) = a free one for each server")
+    s.add_argument("--port", type=int, default=0,
+                   help="server port; 0 (default) = a free one for each server; servers that run at once "
+                        "(--interleave) take PORT, PORT+1, ...")
     s.add_argument("--startup-timeout", metavar="SECONDS", type=float, default=900.0,
                    help="how long a server may take to answer /health (default: 900)")
     s.add_argument("--server-args", metavar="'ARGS'", default="",
@@ -286,9 +288,11 @@ def prepare(args: argparse.Namespace) -> Setup:
 
 
 # -- one configuration ----------------------------------------------------------------------------------------
-def server_spec(args: argparse.Namespace, setup: Setup, config: Config, max_running: int) -> ServerSpec:
-    """`max_running`: the largest concurrency the server will see (it sizes running requests and queue)."""
-    port = args.port or free_port(args.host)
+def server_spec(args: argparse.Namespace, setup: Setup, config: Config, max_running: int,
+                port_offset: int = 0) -> ServerSpec:
+    """`max_running`: the largest concurrency the server will see (it sizes running requests and queue);
+    `port_offset`: added to a given --port (servers running at once)."""
+    port = args.port + port_offset if args.port else free_port(args.host)
     require_free_port(args.host, port)
     env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     if setup.backend == "sglang":
@@ -306,9 +310,10 @@ def server_spec(args: argparse.Namespace, setup: Setup, config: Config, max_runn
 
 
 @contextlib.contextmanager
-def start_server(args: argparse.Namespace, setup: Setup, config: Config, max_running: int) -> Iterator[ServerProcess]:
+def start_server(args: argparse.Namespace, setup: Setup, config: Config, max_running: int,
+                 port_offset: int = 0) -> Iterator[ServerProcess]:
     """The configuration's server, healthy, for the `with` block; stopped (by PID) when it ends, however."""
-    spec = server_spec(args, setup, config, max_running)
+    spec = server_spec(args, setup, config, max_running, port_offset)
     print(f"[{config.name}] starting: {' '.join(spec.command)}", flush=True)
     with ServerProcess(spec) as server:
         print(f"[{config.name}] ready after {server.startup_seconds} s", flush=True)
@@ -475,8 +480,8 @@ def measure(args: argparse.Namespace, setup: Setup,
     groups = [setup.configs] if args.interleave else [[config] for config in setup.configs]
     for group in groups:
         with contextlib.ExitStack() as stack:
-            servers = [stack.enter_context(start_server(args, setup, config, max(args.concurrency)))
-                       for config in group]
+            servers = [stack.enter_context(start_server(args, setup, config, max(args.concurrency), i))
+                       for i, config in enumerate(group)]
             reported = [check_server(server.server_info(), config, setup.tree)
                         for config, server in zip(group, servers, strict=True)]
             pairs = list(zip(group, servers, strict=True))

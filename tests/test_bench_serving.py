@@ -191,3 +191,18 @@ def test_ctrl_c_stops_the_server(tiny, tmp_path):
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted: servers stopped" in stderr
     assert processes_mentioning(str(tiny["prism"])) == []  # ...and is gone with the harness
+
+
+def test_servers_that_run_at_once_take_consecutive_ports_from_a_given_one(tmp_path):
+    from bench.common import free_port
+    from bench.launch import Tree, configurations
+    from bench.serving import Setup, parse_args, server_spec
+
+    port = free_port("127.0.0.1")
+    args = parse_args(["--backend-server", "cpu", "--port", str(port)])
+    assert args.interleave  # the CPU server's default
+    setup = Setup("cpu", "cpu", tmp_path, tmp_path / "target", Tree(1, 1, 2),
+                  configurations(None, tmp_path / "prism", ["none", "prism"]), {}, {}, [])
+    specs = [server_spec(args, setup, config, 1, i) for i, config in enumerate(setup.configs)]
+    assert [spec.port for spec in specs] == [port, port + 1]
+    assert not parse_args(["--backend-server", "cpu", "--no-interleave"]).interleave
