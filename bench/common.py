@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,15 @@ def host_info(device: str) -> dict[str, Any]:
 
 
 # -- networking -----------------------------------------------------------------------------------------------
+def resolve_target(target: str | None, log: Callable[[str], None] = print) -> Path:
+    """The target folder given, or SmolLM2-135M-Instruct (converted on first use) when none is."""
+    if target is not None:
+        return Path(target)
+    from prism_sglang.prepare_model import prepare_smollm2
+
+    return prepare_smollm2(log=log)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

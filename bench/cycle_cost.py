@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importab
 
 import torch
 
-from bench.common import host_info, write_report
+from bench.common import host_info, resolve_target, write_report
 from prism_sglang.data.eval_sets import load_eval_set
 from prism_sglang.engine.generate import SpeculativeEngine, TreeSettings
 from prism_sglang.engine.loading import encode_chat, load_engine
@@ -124,10 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.configs[0][0] is not None:
         p.error("the first configuration must be 'none': it is the baseline")
 
-    from prism_sglang.prepare_model import prepare_smollm2
     from prism_sglang.resources import shipped_draft_dir
 
-    target_dir = Path(args.target) if args.target else prepare_smollm2()
+    target_dir = resolve_target(args.target)
     draft_dir = Path(args.draft) if args.draft else shipped_draft_dir()
     base = load_engine(target_dir, draft_dir)
     runs = [ConfigRun(_name(tree, adaptive), SpeculativeEngine(base.target, base.draft, tree or base.tree,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importab
 import torch
 from torch import nn
 
-from bench.common import host_info, write_report
+from bench.common import host_info, resolve_target, write_report
 from prism_sglang.target import TargetModel
 
 KINDS = ("attention linears", "attention rest", "mlp linears", "mlp rest", "norms", "rest of the forward")
@@ -123,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--tokens starts with 1: a decode step is the unit")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    from prism_sglang.prepare_model import prepare_smollm2
 
-    target_dir = Path(args.target) if args.target else prepare_smollm2()
+    target_dir = resolve_target(args.target)
     target = TargetModel.load(target_dir)
     target.prepare_for_decoding()
     results = profile(target, args.context, args.tokens, args.reps)

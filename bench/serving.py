@@ -39,6 +39,7 @@ from bench.common import (
     relative,
     require_free_port,
     require_packages,
+    resolve_target,
     script_main,
     slug,
     write_json,
@@ -215,14 +216,6 @@ class Setup:
     extra_server_args: list[str]
 
 
-def resolve_target(target: str | None) -> Path:
-    if target is not None:
-        return Path(target)
-    from prism_sglang.prepare_model import prepare_smollm2
-
-    return prepare_smollm2(log=lambda _: None)
-
-
 def resolve_drafts(args: argparse.Namespace, target: Path) -> tuple[Path | None, Path | None]:
     """--random-drafts, or the given folders, or the shipped SmolLM2 drafts for the default target."""
     if args.random_drafts:
@@ -258,7 +251,7 @@ def prepare_servers(args: argparse.Namespace, config_names: list[str]) -> Setup:
     device = device_label() if backend == "sglang" else "cpu"  # sglang-cpu runs on the CPU whatever the host has
     tree = Tree(args.num_steps, args.topk, args.num_draft_tokens or (args.num_steps + 1 if args.topk == 1 else 16))
     tree.check()
-    target = resolve_target(args.target)
+    target = resolve_target(args.target, log=lambda _: None)
     if not (target / "config.json").is_file():
         raise BenchError(f"--target {target}: no config.json there (a local HF model folder is needed)")
     eagle3, prism = resolve_drafts(args, target)
