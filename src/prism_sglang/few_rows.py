@@ -8,6 +8,8 @@ Measured on a 2-core AVX2 EPYC, one thread, float32, SmolLM2's shapes, 30 distin
 stays in cache), µs per product (this kernel / MKL on the transposed weight / oneDNN prepacked):
 1536 x 576: 1 row 199 / 202 / 297, 2 rows 258 / 317 / 355, 4 rows 252 / 504 / 436, 6 rows 291 / 622 / 442;
 576 x 576: 1 row 76 / 114 / 159, 2 rows 81 / 139 / 163, 4 rows 114 / 203 / 189; 192 x 576: 1 row 18 / 61 / 52;
+3 rows in a block of their own (2026-12-07, this kernel before / after, interleaved): 1536 x 576 256 / 237,
+576 x 576 86 / 82, 576 x 1536 291 / 263 — about what 2 rows cost (the tree 1/2/3 verifies 3);
 beyond ~12 rows oneDNN and MKL win again (16 rows: 851 vs 628 for oneDNN), and on the 49,152 x 576 lm_head one
 row is faster with MKL on the transposed weight (4.8 vs 6.3 ms), so lm_heads keep nn.Linear.
 """
@@ -27,9 +29,9 @@ FEW_ROWS = 12
 @njit(fastmath=True, nogil=True, cache=True)
 def few_row_product(x, weight, out) -> None:
     """out = x @ weight.T for float32 C-contiguous x [R, K], weight [N, K], out [R, N]. Each weight row is read
-    once for all rows: 4 dot products at a time, then 2, then 1 (fastmath lets LLVM vectorise each dot product,
-    so the sums are float32-rounded in another order than MKL's). The blocks are written out, not a loop over
-    a block size: numba vectorises these loops only when each has its fixed number of accumulators."""
+    once for all rows: 4 dot products at a time, then the 3, 2 or 1 left (fastmath lets LLVM vectorise each
+    dot product, so the sums are float32-rounded in another order than MKL's). The blocks are written out, not a
+    loop over a block size: numba vectorises these loops only when each has its fixed number of accumulators."""
     rows, k_size = x.shape
     for n in range(weight.shape[0]):
         w = weight[n]
@@ -44,15 +46,23 @@ def few_row_product(x, weight, out) -> None:
                 a3 += w[k] * x3[k]
             out[r, n], out[r + 1, n], out[r + 2, n], out[r + 3, n] = a0, a1, a2, a3
             r += 4
-        if r + 2 <= rows:
+        left = rows - r
+        if left == 3:  # its own block: 3 rows as 2 + 1 read the weight row twice (verifying tree 1/2/3)
+            x0, x1, x2 = x[r], x[r + 1], x[r + 2]
+            a0 = a1 = a2 = np.float32(0.0)
+            for k in range(k_size):
+                a0 += w[k] * x0[k]
+                a1 += w[k] * x1[k]
+                a2 += w[k] * x2[k]
+            out[r, n], out[r + 1, n], out[r + 2, n] = a0, a1, a2
+        elif left == 2:
             x0, x1 = x[r], x[r + 1]
             a0 = a1 = np.float32(0.0)
             for k in range(k_size):
                 a0 += w[k] * x0[k]
                 a1 += w[k] * x1[k]
             out[r, n], out[r + 1, n] = a0, a1
-            r += 2
-        if r < rows:
+        elif left == 1:
             x0 = x[r]
             a0 = np.float32(0.0)
             for k in range(k_size):
