@@ -4,8 +4,9 @@
 # recipes/unused_conversations.py, which reproduces that run's 2,004,180 tokens exactly), so every token is
 # fresh: 3,695,646 more tokens, their own assistant turns labelled by SmolLM2's distribution, <= 768 tokens, TTT 6,
 # the 2m run's settings with a new warmup + linear decay over one epoch (1,458 steps; STEPS=N for fewer).
-# With it the draft's line would have seen 0.17M + 2.0M + 3.7M = 5.9M fresh tokens (34x the 2026-11-23 drafts).
-# NOT RUN TO THE END YET (2026-12-07: 1,131 of 1,458 steps, checkpointed in runs/, which git does not keep).
+# With it the draft's line has seen 0.17M + 2.0M + 3.7M = 5.9M fresh tokens (34x the 2026-11-23 drafts).
+# Run to the end on 2026-12-06/07 (7 sittings, --resume): 1,458 steps, 3,695,646 tokens, 22,420 s of fp32
+# training in two data-parallel processes on the 2-core AVX2 host; its final checkpoint is smollm2-prism since then.
 # On the 2-core AVX-512 BF16 CPU of the 2m run (~5 s a step in bf16) this epoch is ~2 h.
 # On 2026-12-06's AVX2-only host a bf16 matmul measured 37x slower than fp32 (PyTorch's fallback kernel), so
 # --precision auto trains in fp32 there: 85 tokens/s in one 1-thread process, 153 in two data-parallel ones
