@@ -47,6 +47,15 @@ def require_packages(names: tuple[str, ...] = ("httpx", "psutil", "jsonschema", 
                          "pip install -e '.[dev]')")
 
 
+def resolve_target(target: str | None, log: Callable[[str], None] = print) -> Path:
+    """The target folder given, or SmolLM2-135M-Instruct (converted on first use) when none is."""
+    if target is not None:
+        return Path(target)
+    from prism_sglang.prepare_model import prepare_smollm2
+
+    return prepare_smollm2(log=log)
+
+
 # -- the machine ----------------------------------------------------------------------------------------------
 def gpu_names() -> list[str]:
     """Names of the NVIDIA GPUs nvidia-smi sees ([] without a driver). Asked of nvidia-smi rather than torch so
@@ -131,15 +140,6 @@ def host_info(device: str) -> dict[str, Any]:
 
 
 # -- networking -----------------------------------------------------------------------------------------------
-def resolve_target(target: str | None, log: Callable[[str], None] = print) -> Path:
-    """The target folder given, or SmolLM2-135M-Instruct (converted on first use) when none is."""
-    if target is not None:
-        return Path(target)
-    from prism_sglang.prepare_model import prepare_smollm2
-
-    return prepare_smollm2(log=log)
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
