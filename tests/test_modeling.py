@@ -2,9 +2,10 @@ import copy
 
 import pytest
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-from prism_sglang.modeling import KVCache
+from prism_sglang.modeling import KVCache, attend
 from tests.conftest import make_draft
 
 N_CTX = 7
@@ -132,3 +133,17 @@ def test_tree_mask_isolates_siblings(tiny_target):
             alone = draft(1, tokens[:, j:j + 1], hidden[:, j:j + 1], pos[:, :1], copy.deepcopy(ctx),
                           torch.ones(1, 1, N_CTX + 1, dtype=torch.bool))
             torch.testing.assert_close(together[:, j:j + 1], alone)
+
+
+@pytest.mark.parametrize("heads,kv_heads,new", [(9, 3, 2), (4, 4, 3), (6, 2, 1)])
+def test_attend_folds_query_groups_as_repeat_kv_reads_them(heads, kv_heads, new):
+    """Query head h reads KV head h // groups, under one [B, 1, Tq, Tk] mask (a tree's, here random)."""
+    g = torch.Generator().manual_seed(heads + new)
+    q = torch.randn(2, heads, new, 8, generator=g)
+    keys, values = torch.randn(2, 2, kv_heads, 11, 8, generator=g).unbind(0)
+    mask = torch.rand(2, 1, new, 11, generator=g) < 0.7
+    mask[..., 0] = True  # every row sees something
+    groups = heads // kv_heads
+    expected = F.scaled_dot_product_attention(q, repeat_kv(keys, groups), repeat_kv(values, groups),
+                                              attn_mask=mask, scale=0.3)
+    torch.testing.assert_close(attend(q, keys, values, mask, scale=0.3), expected, atol=1e-6, rtol=1e-5)

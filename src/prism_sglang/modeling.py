@@ -22,7 +22,6 @@ from transformers.models.llama.modeling_llama import (
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
-    repeat_kv,
 )
 
 from prism_sglang.config import PrismConfig
@@ -71,12 +70,24 @@ class KVCache:
             self.values = self.values[:, :, :length]
 
 
-def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-    """Softmax attention. q [B, H, Tq, d]; keys/values [B, KV, Tk, d]; mask bool [B, 1, Tq, Tk], True = visible."""
-    groups = q.shape[1] // keys.shape[1]
-    return F.scaled_dot_product_attention(
-        q, repeat_kv(keys, groups), repeat_kv(values, groups), attn_mask=mask, scale=q.shape[-1] ** -0.5
-    )
+def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, scale: float | None = None,
+           dropout: float = 0.0) -> Tensor:
+    """Softmax attention of grouped-query heads. q [B, H, Tq, d]; keys/values [B, KV, Tk, d]; mask bool
+    [B, 1, Tq, Tk], True = visible; scale default d ** -0.5. Returns [B, H, Tq, d].
+
+    The query heads of each KV head are folded into its rows (query head h reads KV head h // groups, as in
+    HF's `repeat_kv`) instead of the keys and values being copied once per query head: with a growing cache
+    that copy, not the product, was most of the cost of attending a few new tokens (the draft's extend, a
+    verification)."""
+    b, heads, n, d = q.shape
+    kv_heads = keys.shape[1]
+    groups = heads // kv_heads
+    if groups > 1:
+        q = q.reshape(b, kv_heads, groups * n, d)
+        mask = mask[:, :, None].expand(b, 1, groups, n, mask.shape[-1]).reshape(b, 1, groups * n, -1)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout,
+                                         scale=d ** -0.5 if scale is None else scale)
+    return out.reshape(b, heads, n, d)
 
 
 class DraftAttention(nn.Module):

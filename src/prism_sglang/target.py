@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AttentionInterface, AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
@@ -16,6 +15,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from prism_sglang.few_rows import use_few_row_linears
+from prism_sglang.modeling import attend
 
 GROUPED_SDPA = "prism_grouped_sdpa"
 
@@ -24,19 +24,13 @@ def grouped_sdpa_attention(module: nn.Module, query: Tensor, key: Tensor, value:
                            attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                            is_causal: bool | None = None, **kwargs) -> tuple[Tensor, None]:
     """HF's SDPA attention, except that with a mask (a tree, a verified chain) the query heads of each KV head
-    are folded into its rows instead of the KV heads being copied once per query head (HF's `repeat_kv`, which
-    copies the whole KV cache of every layer on every masked forward). Without a mask it is HF's own."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if attention_mask is None or groups == 1:
+    are folded into its rows (`modeling.attend`) instead of the KV heads being copied once per query head (HF's
+    `repeat_kv`, which copies the whole KV cache of every layer on every masked forward). Without a mask it is
+    HF's own."""
+    if attention_mask is None or getattr(module, "num_key_value_groups", 1) == 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal,
                                       **kwargs)
-    b, heads, n, d = query.shape
-    kv_heads, masks, keys = key.shape[1], attention_mask.shape[1], attention_mask.shape[-1]
-    # query head h reads KV head h // groups (repeat_kv's order): rows [g * n + i] of KV head h // groups
-    q = query.reshape(b, kv_heads, groups * n, d)
-    mask = attention_mask[:, :, None].expand(b, masks, groups, n, keys).reshape(b, masks, groups * n, keys)
-    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
-    return out.reshape(b, heads, n, d).transpose(1, 2).contiguous(), None
+    return attend(query, key, value, attention_mask, scaling, dropout).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
