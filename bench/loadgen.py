@@ -15,7 +15,7 @@ import sys
 import threading
 from argparse import Namespace
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -107,9 +107,9 @@ def recording(serving: ModuleType) -> Iterator[RequestRecorder]:
         funcs[BACKEND] = recorder.inner
 
 
-def run(serving: ModuleType, spec: RunSpec, log: Path) -> tuple[dict[str, Any], list[RequestAcceptance]]:
+def run(serving: ModuleType, spec: RunSpec, log: Path) -> tuple[dict[str, Any], list[Any]]:
     """Run the benchmark; its printout goes to `log`. Returns the module's result (metrics + per-request
-    lists) and the measured requests' acceptance records."""
+    lists) and the measured requests' outputs (its RequestFuncOutput objects, in start order)."""
     args = parse_benchmark_args(serving, spec.argv())
     spec.raw_output.parent.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +119,25 @@ def run(serving: ModuleType, spec: RunSpec, log: Path) -> tuple[dict[str, Any], 
     measured = recorder.outputs[spec.warmup_requests:]
     if len(measured) != spec.requests:
         raise BenchError(f"expected {spec.requests} measured requests, recorded {len(measured)} (see {log})")
-    return result, [RequestAcceptance(o.output_len if o.success else 0, o.spec_accept_length or 0.0)
-                    for o in measured]
+    return result, measured
+
+
+def acceptance_records(outputs: list[Any]) -> list[RequestAcceptance]:
+    return [RequestAcceptance(o.output_len if o.success else 0, o.spec_accept_length or 0.0) for o in outputs]
+
+
+def merge_rounds(serving: ModuleType, rounds: list[tuple[dict[str, Any], list[Any]]],
+                 tokenizer: str) -> dict[str, Any]:
+    """One result for a run measured in rounds (other servers ran between them): the module's own
+    `calculate_metrics` over every round's requests, with the rounds' durations summed (the time between
+    rounds belonged to other servers). A run of one round keeps the module's result as it is."""
+    if len(rounds) == 1:
+        return rounds[0][0]
+    outputs = [o for _, measured in rounds for o in measured]
+    duration = sum(result["duration"] for result, _ in rounds)
+    metrics, _ = serving.calculate_metrics(None, outputs, duration, serving.get_tokenizer(tokenizer), BACKEND)
+    return {**asdict(metrics), "duration": duration, "total_output_tokens": metrics.total_output,
+            "errors": [o.error for o in outputs], "itls": [o.itl for o in outputs]}
 
 
 def latency_summary(result: dict[str, Any]) -> dict[str, dict[str, float]]:

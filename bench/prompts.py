@@ -47,12 +47,13 @@ def load_prompts(bench: str, count: int, tokenizer: Any) -> BenchPrompts:
     return BenchPrompts(bench, [item.id for item in items], [chat_prompt(tokenizer, item.turns[0]) for item in items])
 
 
-def write_custom_dataset(prompts: BenchPrompts, requests: int, path: Path) -> Path:
+def write_custom_dataset(prompts: BenchPrompts, requests: int, path: Path, start: int = 0) -> Path:
     """`requests` lines, cycling through the prompts when more requests than prompts are wanted (high
-    concurrency needs enough requests to keep every slot busy)."""
+    concurrency needs enough requests to keep every slot busy); `start`: the first request's index in that
+    cycle (a run measured in rounds writes one file per round)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for i in range(requests):
+        for i in range(start, start + requests):
             text = prompts.texts[i % len(prompts.texts)]
             record = {"conversations": [{"role": "user", "content": text},
                                         {"role": "assistant", "content": UNUSED_REPLY}]}

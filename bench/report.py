@@ -200,7 +200,11 @@ def _measured(serving: dict[str, Any]) -> str:
         "- Order: " + ("interleaved: every configuration's server up at once, each bench/temperature/concurrency run "
                        "on all of them in turn, the order reversed every other time (drift of the machine's speed "
                        "hits all alike)." if s.get("interleaved") else
-                       "one server at a time, each configuration's runs back to back."),
+                       "one server at a time, each configuration's runs back to back.")
+        + (f" Turns every {s['interleave_requests']} requests: each run measured in rounds of that many, every "
+           "configuration running a round before the next starts; a run's figures are sglang.benchmark.serving's "
+           "`calculate_metrics` over all its rounds' requests and summed round durations."
+           if s.get("interleave_requests") else ""),
         "- Acceptance length per run (τ, bonus token included) from each measured request's "
         "`meta_info.spec_accept_length` (= completion tokens / verification cycles): τ_run = Σ output_len / "
         "Σ (output_len / spec_accept_length), all tokens over all cycles of the run. /server_info is not used "

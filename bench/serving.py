@@ -18,6 +18,7 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import contextlib
+import json
 import shlex
 import time
 from collections.abc import Iterator
@@ -153,6 +154,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            "on all of them in turn (order reversed every other time), so that drift of the "
                            "machine's speed hits all alike (default: on for --backend-server cpu, whose servers "
                            "share the host's memory; off for SGLang, whose servers each claim the GPU's)")
+    load.add_argument("--interleave-requests", metavar="N", type=int, default=None,
+                      help="interleaved, take turns every N requests instead of every run: each run is measured "
+                           "in rounds of N requests, every configuration running a round before the next one "
+                           "starts (order reversed every other round), so that drift within minutes hits all "
+                           "alike too; a run's figures are sglang.benchmark.serving's metrics over all its "
+                           "rounds' requests and summed round durations (default: the whole run; N >= every "
+                           "--concurrency)")
 
     probe = p.add_argument_group("per-position acceptance probe")
     probe.add_argument("--probe-prompts", metavar="N", type=int, default=10,
@@ -170,7 +178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     _check_numbers(p, args)
     if args.interleave is None:
-        args.interleave = resolve_backend_server(args.backend_server) == "cpu"
+        args.interleave = args.interleave_requests is not None or resolve_backend_server(args.backend_server) == "cpu"
     return args
 
 
@@ -198,6 +206,12 @@ def _check_numbers(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
         p.error("--temperature values must be >= 0")
     if args.probe_prompts < 0 or args.warmup_requests < 0:
         p.error("--probe-prompts and --warmup-requests must be >= 0")
+    if args.interleave_requests is not None:
+        if args.interleave is False:
+            p.error("--interleave-requests takes turns between servers running at once: drop --no-interleave")
+        if args.interleave_requests < max(args.concurrency):
+            p.error(f"--interleave-requests must be >= every --concurrency (a round keeps every slot busy), got "
+                    f"{args.interleave_requests} < {max(args.concurrency)}")
 
 
 # -- set-up ---------------------------------------------------------------------------------------------------
@@ -212,7 +226,7 @@ class Setup:
     tree: Tree
     configs: list[Config]
     prompts: dict[str, BenchPrompts]
-    datasets: dict[tuple[str, int], Path]  # (bench, requests) -> custom-dataset file
+    datasets: dict[tuple[str, int], list[Path]]  # (bench, requests) -> custom-dataset file of each round
     extra_server_args: list[str]
 
 
@@ -245,6 +259,12 @@ def requests_for(args: argparse.Namespace, concurrency: int) -> int:
     return max(args.num_prompts, args.requests_per_slot * concurrency)
 
 
+def rounds(requests: int, per_round: int | None) -> list[tuple[int, int]]:
+    """(first request, requests) of each round of a run; one round when not measured in rounds."""
+    size = per_round or requests
+    return [(start, min(size, requests - start)) for start in range(0, requests, size)]
+
+
 def prepare_servers(args: argparse.Namespace, config_names: list[str]) -> Setup:
     """Resolve and check the server flags (add_server_arguments) and load the prompts; no prompt files yet."""
     backend = resolve_backend_server(args.backend_server)
@@ -275,8 +295,12 @@ def prepare(args: argparse.Namespace) -> Setup:
     setup = prepare_servers(args, args.configs)
     for bench in args.benches:
         for count in sorted({requests_for(args, c) for c in args.concurrency}):
-            path = setup.out / "prompts" / f"{bench}-{count}.jsonl"
-            setup.datasets[bench, count] = write_custom_dataset(setup.prompts[bench], count, path)
+            parts = rounds(count, args.interleave_requests)
+            names = ([f"{bench}-{count}"] if len(parts) == 1 else
+                     [f"{bench}-{count}-round{k}" for k in range(len(parts))])
+            setup.datasets[bench, count] = [
+                write_custom_dataset(setup.prompts[bench], size, setup.out / "prompts" / f"{name}.jsonl", start)
+                for name, (start, size) in zip(names, parts, strict=True)]
     return setup
 
 
@@ -379,27 +403,47 @@ def cells(args: argparse.Namespace) -> list[Cell]:
             for concurrency in args.concurrency]
 
 
-def benchmark_cell(args: argparse.Namespace, setup: Setup, serving: Any, config: Config, server: ServerProcess,
-                   cell: Cell) -> dict[str, Any]:
+def run_round(args: argparse.Namespace, setup: Setup, serving: Any, config: Config, server: ServerProcess,
+              cell: Cell, index: int) -> tuple[dict[str, Any], list[Any]]:
+    """Round `index` of a run (the whole run when it is not measured in rounds): the module's result and the
+    measured requests' outputs. Warm-up requests go before the first round only."""
     from bench import loadgen
 
     requests = requests_for(args, cell.concurrency)
-    spec = loadgen.RunSpec(server.spec.url, setup.datasets[cell.bench, requests], requests, args.max_tokens,
-                           cell.concurrency, cell.temperature, str(setup.target), args.seed, args.warmup_requests,
-                           setup.out / "raw" / config.name / f"{cell.name}.jsonl")
+    _, size = rounds(requests, args.interleave_requests)[index]
+    datasets = setup.datasets[cell.bench, requests]
+    name = cell.name if len(datasets) == 1 else f"{cell.name}-round{index}"
+    spec = loadgen.RunSpec(server.spec.url, datasets[index], size, args.max_tokens, cell.concurrency,
+                           cell.temperature, str(setup.target), args.seed, args.warmup_requests if index == 0 else 0,
+                           setup.out / "raw" / config.name / f"{name}.jsonl")
     log = setup.out / "logs" / config.name / f"{cell.name}.log"
-    assert server.memory is not None
-    server.memory.reset_window()
-    start_load = load_average()
-    result, records = loadgen.run(serving, spec, log)
+    result, outputs = loadgen.run(serving, spec, log)
     if not result["completed"]:  # no figure of such a run means anything: stop and say why
         errors = [e for e in result.get("errors", []) if e]
-        raise BenchError(f"[{config.name}] every request of {cell.name} failed; first error: "
+        raise BenchError(f"[{config.name}] every request of {name} failed; first error: "
                          f"{errors[0][-1500:] if errors else '?'} (see {log})")
-    acceptance = run_acceptance(records) if config.speculative else None
-    files = {"raw_output": relative(spec.raw_output, setup.out), "log": relative(log, setup.out)}
-    run = run_record(config, cell.bench, cell.temperature, cell.concurrency, requests, result, acceptance,
-                     server.memory.window_peak_mib, (start_load, load_average()), files)
+    if len(datasets) > 1:
+        print(f"    [{config.name}] {name}: {result['output_throughput']:.1f} tok/s", flush=True)
+    return result, outputs
+
+
+def cell_record(args: argparse.Namespace, setup: Setup, serving: Any, config: Config, server: ServerProcess,
+                cell: Cell, parts: list[tuple[dict[str, Any], list[Any]]],
+                loads: tuple[list[float], list[float]]) -> dict[str, Any]:
+    """A configuration's run of a cell from its rounds (one or more)."""
+    from bench import loadgen
+
+    result = loadgen.merge_rounds(serving, parts, str(setup.target))
+    raw = setup.out / "raw" / config.name / f"{cell.name}.jsonl"
+    if len(parts) > 1:  # the rounds' files are the module's; this one holds the merged metrics
+        raw.write_text(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}) + "\n")
+    outputs = [o for _, measured in parts for o in measured]
+    acceptance = run_acceptance(loadgen.acceptance_records(outputs)) if config.speculative else None
+    files = {"raw_output": relative(raw, setup.out),
+             "log": relative(setup.out / "logs" / config.name / f"{cell.name}.log", setup.out)}
+    assert server.memory is not None
+    run = run_record(config, cell.bench, cell.temperature, cell.concurrency, len(outputs), result, acceptance,
+                     server.memory.window_peak_mib, loads, files)
     _print_run(run)
     return run
 
@@ -478,9 +522,21 @@ def measure(args: argparse.Namespace, setup: Setup,
             reported = [check_server(server.server_info(), config, setup.tree)
                         for config, server in zip(group, servers, strict=True)]
             pairs = list(zip(group, servers, strict=True))
-            for i, cell in enumerate(cells(args)):
-                for config, server in pairs if i % 2 == 0 else pairs[::-1]:
-                    runs.append(benchmark_cell(args, setup, serving, config, server, cell))
+            turn = 0
+            for cell in cells(args):
+                first_order = pairs if turn % 2 == 0 else pairs[::-1]
+                parts: dict[str, list[tuple[dict[str, Any], list[Any]]]] = {config.name: [] for config in group}
+                for server in servers:
+                    assert server.memory is not None
+                    server.memory.reset_window()
+                start_load = load_average()
+                for index in range(len(rounds(requests_for(args, cell.concurrency), args.interleave_requests))):
+                    for config, server in pairs if turn % 2 == 0 else pairs[::-1]:
+                        parts[config.name].append(run_round(args, setup, serving, config, server, cell, index))
+                    turn += 1
+                loads = (start_load, load_average())
+                runs += [cell_record(args, setup, serving, config, server, cell, parts[config.name], loads)
+                         for config, server in first_order]
             for (config, server), server_reported in zip(pairs, reported, strict=True):
                 positions += probe_config(args, setup, config, server.spec.url)
                 assert server.memory is not None
@@ -503,6 +559,7 @@ def settings_record(args: argparse.Namespace, setup: Setup, sent: dict[str, Any]
         "seed": args.seed, "sent_sampling_params": sent, "server_args": setup.extra_server_args,
         "server_threads": args.server_threads if setup.backend in ("cpu", "sglang-cpu") else None,
         "random_drafts": args.random_drafts, "memory_kind": memory_kind, "interleaved": args.interleave,
+        "interleave_requests": args.interleave_requests,
         "probe": {"prompts_per_bench": args.probe_prompts, "max_tokens": args.probe_max_tokens or args.max_tokens,
                   "concurrency": args.probe_concurrency},
     }

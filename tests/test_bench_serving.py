@@ -206,3 +206,45 @@ def test_servers_that_run_at_once_take_consecutive_ports_from_a_given_one(tmp_pa
     specs = [server_spec(args, setup, config, 1, i) for i, config in enumerate(setup.configs)]
     assert [spec.port for spec in specs] == [port, port + 1]
     assert not parse_args(["--backend-server", "cpu", "--no-interleave"]).interleave
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_runs_measured_in_rounds_take_turns_every_n_requests(tiny, tmp_path):
+    """--interleave-requests 2 over 5 requests: rounds of 2, 2, 1, each run by both servers before the next round,
+    the order reversed every round; each run's figures cover all its requests."""
+    out = tmp_path / "out"
+    result = harness("--target", str(tiny["target"]), "--prism-draft", str(tiny["prism"]), "--configs", "none",
+                     "prism", "--benches", "gsm8k", "--num-prompts", "5", "--max-tokens", "8", "--concurrency", "1",
+                     "--temperature", "0", "--probe-prompts", "0", "--interleave-requests", "2",
+                     "--server-args=--speculation always", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rounds = [line.split("]")[0].strip() + "] " + line.split()[1].rstrip(":") for line in result.stdout.splitlines()
+              if "-round" in line]
+    assert rounds == ["[none] gsm8k-t0-c1-round0", "[prism] gsm8k-t0-c1-round0", "[prism] gsm8k-t0-c1-round1",
+                      "[none] gsm8k-t0-c1-round1", "[none] gsm8k-t0-c1-round2", "[prism] gsm8k-t0-c1-round2"]
+    data = json.loads((out / "serving.json").read_text())
+    validate(data, "serving")
+    assert data["settings"]["interleave_requests"] == 2
+    for run in data["runs"]:
+        assert run["completed"] == run["requests"] == 5 and run["total_output_tokens"] == 5 * 8
+        merged = json.loads((out / run["raw_output"]).read_text())
+        assert merged["completed"] == 5 and merged["duration"] == pytest.approx(run["duration_s"])
+        rounds_duration = sum(json.loads((out / "raw" / run["config"] / f"gsm8k-t0-c1-round{k}.jsonl").read_text())
+                              ["duration"] for k in range(3))
+        assert run["duration_s"] == pytest.approx(rounds_duration)
+    prism = next(r for r in data["runs"] if r["config"] == "prism")
+    assert prism["acceptance"]["tau"] >= 1.0
+    assert "Turns every 2 requests" in (out / "report.md").read_text()
+
+
+def test_rounds_need_servers_side_by_side_and_a_busy_slot_each(capsys):
+    from bench.serving import parse_args, rounds
+
+    assert parse_args(["--backend-server", "sglang", "--interleave-requests", "4", "--concurrency", "1"]).interleave
+    for argv, message in ((["--no-interleave"], "drop --no-interleave"),
+                          (["--concurrency", "1", "8"], "must be >= every --concurrency")):
+        with pytest.raises(SystemExit):
+            parse_args(["--backend-server", "cpu", "--interleave-requests", "4", *argv])
+        assert message in capsys.readouterr().err
+    assert rounds(5, 2) == [(0, 2), (2, 2), (4, 1)] and rounds(5, None) == [(0, 5)]
