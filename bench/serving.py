@@ -506,13 +506,35 @@ def _ratio(values: dict[str, float], numerator: str, denominator: str) -> float 
 
 
 # -- main -----------------------------------------------------------------------------------------------------
+def measure_cell(args: argparse.Namespace, setup: Setup, serving: Any, pairs: list[tuple[Config, ServerProcess]],
+                 cell: Cell, turn: int) -> list[dict[str, Any]]:
+    """Every configuration's run of one cell, round by round, each round on all servers in turn; `turn` counts
+    the rounds before this cell, and the order is reversed every other round. Runs are listed in the order of
+    the cell's first round."""
+    def order(k: int) -> list[tuple[Config, ServerProcess]]:
+        return pairs if (turn + k) % 2 == 0 else pairs[::-1]
+
+    parts: dict[str, list[tuple[dict[str, Any], list[Any]]]] = {config.name: [] for config, _ in pairs}
+    for _, server in pairs:
+        assert server.memory is not None
+        server.memory.reset_window()
+    start_load = load_average()
+    for k in range(len(rounds(requests_for(args, cell.concurrency), args.interleave_requests))):
+        for config, server in order(k):
+            parts[config.name].append(run_round(args, setup, serving, config, server, cell, k))
+    loads = (start_load, load_average())
+    return [cell_record(args, setup, serving, config, server, cell, parts[config.name], loads)
+            for config, server in order(0)]
+
+
 def measure(args: argparse.Namespace, setup: Setup,
             serving: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], str | None]:
     """Every configuration's runs, acceptance probe and record: (configs, runs, positions, memory kind).
 
-    Interleaved, all servers are up at once and each cell is run by every configuration in turn, the order
-    reversed every other cell, so that a machine whose speed drifts over the invocation (a shared CPU host: 20%
-    between runs minutes apart) slows every configuration alike; otherwise one server runs at a time."""
+    Interleaved, all servers are up at once and each cell (or each round of --interleave-requests requests) is
+    run by every configuration in turn, the order reversed every other time, so that a machine whose speed
+    drifts over the invocation (a shared CPU host: 20% between runs minutes apart) slows every configuration
+    alike; otherwise one server runs at a time."""
     configs, runs, positions, memory_kind = [], [], [], None
     groups = [setup.configs] if args.interleave else [[config] for config in setup.configs]
     for group in groups:
@@ -524,19 +546,8 @@ def measure(args: argparse.Namespace, setup: Setup,
             pairs = list(zip(group, servers, strict=True))
             turn = 0
             for cell in cells(args):
-                first_order = pairs if turn % 2 == 0 else pairs[::-1]
-                parts: dict[str, list[tuple[dict[str, Any], list[Any]]]] = {config.name: [] for config in group}
-                for server in servers:
-                    assert server.memory is not None
-                    server.memory.reset_window()
-                start_load = load_average()
-                for index in range(len(rounds(requests_for(args, cell.concurrency), args.interleave_requests))):
-                    for config, server in pairs if turn % 2 == 0 else pairs[::-1]:
-                        parts[config.name].append(run_round(args, setup, serving, config, server, cell, index))
-                    turn += 1
-                loads = (start_load, load_average())
-                runs += [cell_record(args, setup, serving, config, server, cell, parts[config.name], loads)
-                         for config, server in first_order]
+                runs += measure_cell(args, setup, serving, pairs, cell, turn)
+                turn += len(rounds(requests_for(args, cell.concurrency), args.interleave_requests))
             for (config, server), server_reported in zip(pairs, reported, strict=True):
                 positions += probe_config(args, setup, config, server.spec.url)
                 assert server.memory is not None
