@@ -226,7 +226,7 @@ class Setup:
     tree: Tree
     configs: list[Config]
     prompts: dict[str, BenchPrompts]
-    datasets: dict[tuple[str, int], list[Path]]  # (bench, requests) -> custom-dataset file of each round
+    datasets: dict[tuple[str, int], list[tuple[Path, int]]]  # (bench, requests) -> each round's file, requests
     extra_server_args: list[str]
 
 
@@ -299,7 +299,7 @@ def prepare(args: argparse.Namespace) -> Setup:
             names = ([f"{bench}-{count}"] if len(parts) == 1 else
                      [f"{bench}-{count}-round{k}" for k in range(len(parts))])
             setup.datasets[bench, count] = [
-                write_custom_dataset(setup.prompts[bench], size, setup.out / "prompts" / f"{name}.jsonl", start)
+                (write_custom_dataset(setup.prompts[bench], size, setup.out / "prompts" / f"{name}.jsonl", start), size)
                 for name, (start, size) in zip(names, parts, strict=True)]
     return setup
 
@@ -403,17 +403,21 @@ def cells(args: argparse.Namespace) -> list[Cell]:
             for concurrency in args.concurrency]
 
 
+def cell_rounds(args: argparse.Namespace, setup: Setup, cell: Cell) -> list[tuple[Path, int]]:
+    """The prompt file and request count of each round of the cell's runs (one round: the whole run)."""
+    return setup.datasets[cell.bench, requests_for(args, cell.concurrency)]
+
+
 def run_round(args: argparse.Namespace, setup: Setup, serving: Any, config: Config, server: ServerProcess,
               cell: Cell, index: int) -> tuple[dict[str, Any], list[Any]]:
     """Round `index` of a run (the whole run when it is not measured in rounds): the module's result and the
     measured requests' outputs. Warm-up requests go before the first round only."""
     from bench import loadgen
 
-    requests = requests_for(args, cell.concurrency)
-    _, size = rounds(requests, args.interleave_requests)[index]
-    datasets = setup.datasets[cell.bench, requests]
+    datasets = cell_rounds(args, setup, cell)
+    dataset, size = datasets[index]
     name = cell.name if len(datasets) == 1 else f"{cell.name}-round{index}"
-    spec = loadgen.RunSpec(server.spec.url, datasets[index], size, args.max_tokens, cell.concurrency,
+    spec = loadgen.RunSpec(server.spec.url, dataset, size, args.max_tokens, cell.concurrency,
                            cell.temperature, str(setup.target), args.seed, args.warmup_requests if index == 0 else 0,
                            setup.out / "raw" / config.name / f"{name}.jsonl")
     log = setup.out / "logs" / config.name / f"{cell.name}.log"
@@ -519,7 +523,7 @@ def measure_cell(args: argparse.Namespace, setup: Setup, serving: Any, pairs: li
         assert server.memory is not None
         server.memory.reset_window()
     start_load = load_average()
-    for k in range(len(rounds(requests_for(args, cell.concurrency), args.interleave_requests))):
+    for k in range(len(cell_rounds(args, setup, cell))):
         for config, server in order(k):
             parts[config.name].append(run_round(args, setup, serving, config, server, cell, k))
     loads = (start_load, load_average())
@@ -547,7 +551,7 @@ def measure(args: argparse.Namespace, setup: Setup,
             turn = 0
             for cell in cells(args):
                 runs += measure_cell(args, setup, serving, pairs, cell, turn)
-                turn += len(rounds(requests_for(args, cell.concurrency), args.interleave_requests))
+                turn += len(cell_rounds(args, setup, cell))
             for (config, server), server_reported in zip(pairs, reported, strict=True):
                 positions += probe_config(args, setup, config, server.spec.url)
                 assert server.memory is not None
