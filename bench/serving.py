@@ -65,6 +65,7 @@ from bench.prompts import BENCHES, BenchPrompts, load_prompts, write_custom_data
 from bench.server import ServerProcess, ServerSpec
 
 CONFIG_NAMES = ("none", "eagle3", "prism")
+CPU_ROUND_REQUESTS = 3  # the CPU server's default turns: every 3 requests (or every concurrency, if more)
 
 EPILOG = """\
 examples:
@@ -159,8 +160,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            "in rounds of N requests, every configuration running a round before the next one "
                            "starts (order reversed every other round), so that drift within minutes hits all "
                            "alike too; a run's figures are sglang.benchmark.serving's metrics over all its "
-                           "rounds' requests and summed round durations (default: the whole run; N >= every "
-                           "--concurrency)")
+                           "rounds' requests and summed round durations (N >= every --concurrency; default: "
+                           f"the whole run, except max({CPU_ROUND_REQUESTS}, every --concurrency) for "
+                           "--backend-server cpu, whose host's speed drifts within minutes)")
 
     probe = p.add_argument_group("per-position acceptance probe")
     probe.add_argument("--probe-prompts", metavar="N", type=int, default=10,
@@ -177,8 +179,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="`prism-sglang eval --out` files to fold into report.md (offline acceptance)")
     args = p.parse_args(argv)
     _check_numbers(p, args)
+    cpu = resolve_backend_server(args.backend_server) == "cpu"
     if args.interleave is None:
-        args.interleave = args.interleave_requests is not None or resolve_backend_server(args.backend_server) == "cpu"
+        args.interleave = args.interleave_requests is not None or cpu
+    if args.interleave_requests is None and args.interleave and cpu:
+        # the host's speed drifts within minutes (2-core EPYC: requests of one length 4.0 s, 5.0 s minutes later)
+        args.interleave_requests = max(CPU_ROUND_REQUESTS, *args.concurrency)
     return args
 
 

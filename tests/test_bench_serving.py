@@ -208,6 +208,17 @@ def test_servers_that_run_at_once_take_consecutive_ports_from_a_given_one(tmp_pa
     assert not parse_args(["--backend-server", "cpu", "--no-interleave"]).interleave
 
 
+def test_the_cpu_server_takes_turns_every_few_requests_by_default():
+    from bench.serving import parse_args
+
+    assert parse_args(["--backend-server", "cpu", "--concurrency", "1"]).interleave_requests == 3
+    assert parse_args(["--backend-server", "cpu", "--concurrency", "1", "8"]).interleave_requests == 8
+    assert parse_args(["--backend-server", "cpu", "--concurrency", "1", "--interleave-requests", "5"]
+                      ).interleave_requests == 5
+    for argv in (["--backend-server", "cpu", "--no-interleave"], ["--backend-server", "sglang"]):
+        assert parse_args(argv).interleave_requests is None  # whole runs
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_runs_measured_in_rounds_take_turns_every_n_requests(tiny, tmp_path):
