@@ -71,25 +71,28 @@ def measure_generation(target: TargetModel, tokenizer, ids: list[list[int]], max
             "answer_tokens_per_s": answer_tokens / seconds}
 
 
-def measure_training(target_dir: Path, examples: list, precision: str, args: argparse.Namespace) -> list[dict]:
+def measure_training(target_dir: Path, examples: list, precision: str, batching: str,
+                     args: argparse.Namespace) -> list[dict]:
     """`args.steps` optimizer steps of the real Trainer (the first one, warm-up, not counted); the trainer's own
-    log splits each step into the target forward and the draft's forward + backward + optimizer step."""
+    log splits each step into the target forward and the draft's forward + backward + optimizer step. Padding:
+    the share of the tokens computed that pad batches (both stages cost what a batch pads to)."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     target = TargetModel.load(target_dir, dtype=dtype)
     vocab = build_draft_vocab((t for e in examples for t in e.input_ids), args.draft_vocab_size, target.vocab_size)
     draft = new_draft(target, 2, (0, 1), vocab)
     target.set_aux_layers(draft.config.resolved_aux_layer_ids(target.num_layers))
     config = TrainConfig(ttt_steps=args.ttt_steps, batch_size=args.batch_size, max_steps=args.steps + 1,
-                         precision=precision)
+                         precision=precision, group_by_length=batching == "grouped")
     with tempfile.TemporaryDirectory() as out:
         Trainer(target, draft, examples, config, out, progress=False).run()
         log = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()][1:]
     tokens = sum(r["batch_tokens"] for r in log)
+    padding = 1 - tokens / sum(r["batch_padded_tokens"] for r in log)
     stages = []
     for key, name in (("target_s", "target forward"), ("draft_s", "draft TTT fwd+bwd+AdamW")):
         seconds = sum(r[key] for r in log)
-        stages.append({"stage": f"{name} ({precision})", "tokens": tokens, "seconds": seconds,
-                       "tokens_per_s": tokens / seconds})
+        stages.append({"stage": f"{name} ({precision}, {batching})", "tokens": tokens, "padding": padding,
+                       "seconds": seconds, "tokens_per_s": tokens / seconds})
     return stages
 
 
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttt-steps", type=int, default=6)
     p.add_argument("--draft-vocab-size", type=int, default=8192)
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (default both)")
+    p.add_argument("--batching", default="grouped",
+                   help="comma-separated: grouped (by length, train's default), shuffled (default grouped)")
     p.add_argument("--generation-batch", type=int, default=32, help="prompts answered at once (default 32)")
     p.add_argument("--generation-tokens", type=int, default=160, help="answer length (default 160, the recipe's)")
     p.add_argument("--generation-pool", type=int, default=512,
@@ -114,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--out", default=None, help="write the JSON here")
     args = p.parse_args(argv)
+    for batching in args.batching.split(","):
+        if batching not in ("grouped", "shuffled"):
+            p.error(f"--batching: {batching!r} is neither grouped nor shuffled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,21 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     generation = measure_generation(target, tokenizer, batch, args.generation_tokens)
     stages.append(generation)
     del target
-    by_precision = {}
+    by_setting = {}
     for precision in args.precisions.split(","):
-        print(f"training: {args.steps} optimizer steps in {precision}", flush=True)
-        by_precision[precision] = measure_training(target_dir, examples, precision, args)
-        stages += by_precision[precision]
-    summary = {precision: {"dataset answers": end_to_end(data, *s), "self-distillation": end_to_end(generation, *s)}
-               for precision, s in by_precision.items()}
+        for batching in args.batching.split(","):
+            print(f"training: {args.steps} optimizer steps in {precision}, batches {batching}", flush=True)
+            by_setting[f"{precision}, {batching}"] = measure_training(target_dir, examples, precision, batching, args)
+            stages += by_setting[f"{precision}, {batching}"]
+    summary = {setting: {"dataset answers": end_to_end(data, *s), "self-distillation": end_to_end(generation, *s)}
+               for setting, s in by_setting.items()}
 
-    print(f"{'stage':48s} {'tokens':>8s} {'seconds':>8s} {'tokens/s':>9s}")
+    print(f"{'stage':58s} {'tokens':>8s} {'padding':>8s} {'seconds':>8s} {'tokens/s':>9s}")
     for s in stages:
-        print(f"{s['stage']:48s} {s['tokens']:8d} {s['seconds']:8.1f} {s['tokens_per_s']:9.1f}")
+        padding = f"{s['padding']:.1%}" if "padding" in s else ""
+        print(f"{s['stage']:58s} {s['tokens']:8d} {padding:>8s} {s['seconds']:8.1f} {s['tokens_per_s']:9.1f}")
     print("\nend to end (fresh training tokens per hour):")
-    for precision, rates in summary.items():
+    for setting, rates in summary.items():
         for data_path, rate in rates.items():
-            print(f"  {precision:5s} {data_path:18s} {rate:7.1f} tokens/s = {rate * 3600 / 1e6:5.2f} M tokens/h")
+            print(f"  {setting:16s} {data_path:18s} {rate:7.1f} tokens/s = {rate * 3600 / 1e6:5.2f} M tokens/h")
     report = {"settings": vars(args), "machine": host_info("cuda" if torch.cuda.is_available() else "cpu"),
               "stages": stages, "end_to_end_tokens_per_s": summary}
     write_report(args.out, report)

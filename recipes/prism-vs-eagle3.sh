@@ -22,6 +22,7 @@ if [[ ! -f "$RUN/data/train.jsonl" ]]; then
   prism prepare-data --out "$RUN/data" --source sharegpt=100000 --keep-answers --max-turns 8 --max-prompt-tokens 1024
 fi
 
+# --no-group-by-length: the shuffled batches the recorded run trained on (length grouping became train's default later)
 series() {  # series NAME MODULES TABLE: train then evaluate every size, in order
   local name=$1 modules=$2 table=$3 size
   for size in $SIZES; do
@@ -29,7 +30,7 @@ series() {  # series NAME MODULES TABLE: train then evaluate every size, in orde
     if [[ ! -f "$out/summary.json" ]]; then
       OMP_NUM_THREADS=1 prism train --data "$RUN/data/train.jsonl" --limit "$size" --out "$out" \
         --modules "$modules" --table "$table" --draft-vocab-size "$VOCAB" --ttt-steps "$TTT" --batch-size "$BATCH" \
-        --lr "$LR" --max-length "$MAX_LENGTH" --epochs 1 --precision bf16 --resume > "$out.train.log" 2>&1
+        --lr "$LR" --max-length "$MAX_LENGTH" --epochs 1 --precision bf16 --no-group-by-length --resume > "$out.train.log" 2>&1
     fi
     if [[ ! -f "$out/eval.json" ]]; then
       OMP_NUM_THREADS=1 prism eval --draft "$out/final" --bench mt-bench,humaneval,gsm8k --limit "$EVAL_LIMIT" \

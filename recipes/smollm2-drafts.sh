@@ -39,13 +39,14 @@ echo "== 1. self-distilled data"
 prism prepare-data --out "$RUN/data" $PROMPTS --max-new-tokens 160 --max-prompt-tokens 320 --max-turns 1 \
   --temperature 0.8 --batch-size 16
 
+# --no-group-by-length: the shuffled batches the recorded run trained on (length grouping became train's default later)
 train() {  # train NAME MODULES TABLE SIZE [extra train options]
   local name=$1 modules=$2 table=$3 size=$4
   shift 4
   if [[ -f "$RUN/$name/summary.json" ]]; then echo "-- $name: done"; return; fi
   prism train --data "$data" --limit "$size" --out "$RUN/$name" --modules "$modules" --table "$table" \
     --draft-vocab-size "$VOCAB" --ttt-steps "$TTT" --batch-size "$BATCH" --feature-cache "$RUN/cache" \
-    --save-every 25 --resume --device "$DEVICE" "$@"
+    --save-every 25 --no-group-by-length --resume --device "$DEVICE" "$@"
 }
 
 echo "== 2. data-scaling series: EAGLE-3 vs PRISM, same data and budget"

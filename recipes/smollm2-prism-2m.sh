@@ -16,8 +16,9 @@ for f in config.json model.safetensors; do
 done
 # 9,251 conversations (evaluation prompts refused), 12 s
 prism prepare-data --out "$RUN/data" --source sharegpt=100000 --keep-answers --max-turns 8 --max-prompt-tokens 1024
+# --no-group-by-length: the shuffled batches the recorded run trained on (length grouping became train's default later)
 prism train --data "$RUN/data/train.jsonl" --out "$RUN/prism" --init-from "$INIT" \
   --modules 2 --table 0,1 --ttt-steps 6 --batch-size 4 --lr 5e-4 --max-length 768 --precision bf16 \
-  --max-steps 800 --save-every 50 --resume
+  --max-steps 800 --save-every 50 --no-group-by-length --resume
 prism eval --draft "$RUN/prism/final" --bench mt-bench,humaneval,gsm8k --limit 10 --num-steps 5 --topk 1 \
   --max-new-tokens 96 --no-baseline --out "$RUN/eval-5-1.json"

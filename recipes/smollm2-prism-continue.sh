@@ -34,9 +34,10 @@ if [[ ! -f "$RUN/unused.jsonl" ]]; then   # what the 2m run's 800 steps did not 
   "$PY" recipes/unused_conversations.py "$RUN/data/train.jsonl" "$RUN/unused.jsonl" --steps 800 --batch-size 4 \
     --max-length 768
 fi
+# --no-group-by-length: the shuffled batches the recorded run trained on (length grouping became train's default later)
 prism train --data "$RUN/unused.jsonl" --out "$RUN/prism" --init-from "$INIT" \
   --ttt-steps 6 --batch-size 4 --lr 5e-4 --max-length 768 --precision auto \
   ${STEPS:+--max-steps "$STEPS"} ${NPROC:+--nproc "$NPROC"} ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"} \
-  --save-every 50 --resume
+  --save-every 50 --no-group-by-length --resume
 prism eval --draft "$RUN/prism/final" --bench mt-bench,humaneval,gsm8k --limit 10 --num-steps 5 --topk 1 \
   --max-new-tokens 96 --no-baseline --out "$RUN/eval-5-1.json"

@@ -36,7 +36,8 @@ def main() -> None:
     # train drops conversations with nothing to learn before it numbers its examples: do the same
     examples = [(i, e) for i, e in enumerate(tokenize_conversation(tokenizer, c, args.max_length)
                                              for c in conversations) if e is not None]
-    epoch = batches([e for _, e in examples], args.batch_size, args.seed, epoch=0)
+    # that run's batches were shuffled, not grouped by length (the option came later)
+    epoch = batches([e for _, e in examples], args.batch_size, args.seed, epoch=0, group_by_length=False)
     if args.steps > len(epoch):
         raise SystemExit(f"{args.steps} steps is more than one epoch ({len(epoch)} batches): nothing is unused")
     used = {k for batch in epoch[: args.steps] for k in batch}

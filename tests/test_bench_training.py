@@ -27,9 +27,12 @@ def test_stage_figures_come_from_the_trainer(tiny_chat_target_dir):
     examples, data = measure_data(tokenizer, _conversations(12), max_length=64)
     assert data["tokens"] == sum(len(e.input_ids) for e in examples) > 0 and data["tokens_per_s"] > 0
     args = SimpleNamespace(draft_vocab_size=256, ttt_steps=2, batch_size=4, steps=2)
-    target, draft = measure_training(tiny_chat_target_dir, examples, "fp32", args)
+    target, draft = measure_training(tiny_chat_target_dir, examples, "fp32", "shuffled", args)
     # 2 timed steps of 4 conversations (the warm-up step is not counted).
     assert target["tokens"] == draft["tokens"] and 0 < target["tokens"] <= data["tokens"]
+    assert target["padding"] == draft["padding"] > 0  # the conversations' lengths differ
+    grouped, _ = measure_training(tiny_chat_target_dir, examples, "fp32", "grouped", args)
+    assert grouped["padding"] < target["padding"]
     assert target["seconds"] > 0 and draft["seconds"] > 0
     rate = end_to_end(data, target, draft)
     assert rate < min(s["tokens_per_s"] for s in (data, target, draft))

@@ -2,6 +2,8 @@
 exact; prepare-data keeps evaluation prompts out and loses no good line."""
 
 import json
+import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +11,8 @@ import torch
 from prism_sglang.checkpoint import load_draft, save_draft
 from prism_sglang.engine import SamplingParams, SpeculativeEngine, TreeSettings
 from prism_sglang.engine.batch import generate_batch
-from prism_sglang.train.data import Example, collate
+from prism_sglang.train.data import Example, batches, collate
+from prism_sglang.train.heap import MALLOC_TRIM, HeapTrim, resident_bytes
 from prism_sglang.train.targets import FeatureCache, causal_mask, online_batch, target_fingerprint
 from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft, resolve_precision, ttt_loss
 from prism_sglang.train.upcycle import upcycle
@@ -163,3 +166,60 @@ def test_precision_choice():
         resolve_precision("fp8", "cpu")
     with pytest.raises(ValueError, match="fp32 or bf16"):
         TrainConfig(precision="auto")
+
+
+def _padded_tokens(examples, epoch_batches):
+    return sum(max(len(examples[i].input_ids) for i in b) * len(b) for b in epoch_batches)
+
+
+def test_batches_grouped_by_length_pad_little_and_stay_shuffled():
+    rng = random.Random(0)
+    examples = [Example((1,) * n, (True,) * n) for n in (rng.randint(1, 768) for _ in range(1000))]
+    grouped = batches(examples, 8, seed=3, epoch=0)
+    assert sorted(i for b in grouped for i in b) == list(range(1000))  # every example once
+    assert sorted(map(len, grouped))[1:] == [8] * 124  # one short batch at most (1000 = 125 x 8)
+    assert grouped == batches(examples, 8, seed=3, epoch=0) != batches(examples, 8, seed=3, epoch=1)
+    real = sum(len(e.input_ids) for e in examples)
+    shuffled = batches(examples, 8, seed=3, epoch=0, group_by_length=False)
+    assert real / _padded_tokens(examples, grouped) > 0.97 > 0.8 > real / _padded_tokens(examples, shuffled)
+    longest = [max(len(examples[i].input_ids) for i in b) for b in grouped]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)  # batches in shuffled order
+    # without grouping: consecutive slices of the seeded shuffle, the order runs before the option trained on
+    order = list(range(1000))
+    random.Random(3 * 1_000_003).shuffle(order)
+    assert shuffled == [order[i : i + 8] for i in range(0, 1000, 8)]
+
+
+def test_a_run_resumes_only_with_the_batching_it_was_written_with(predictable_target, tmp_path):
+    examples = _examples(predictable_target, n=12)
+    config = TrainConfig(ttt_steps=2, batch_size=4, max_steps=3, save_every=1)
+
+    def trainer(**changes):
+        draft = new_draft(predictable_target, 2, (0, 1), aux_layer_ids=[1, 3, 4])
+        return Trainer(predictable_target, draft, examples, replace(config, **changes), tmp_path, progress=False)
+
+    trainer().run(until=1)
+    with pytest.raises(ValueError, match="resume it with --group-by-length"):
+        trainer(group_by_length=False).run(resume=True)
+    # a checkpoint written before the option existed was trained on shuffled batches
+    state_file = tmp_path / "checkpoints" / "step-0000001" / "trainer" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["group_by_length"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="resume it with --no-group-by-length"):
+        trainer().run(resume=True)
+    assert trainer(group_by_length=False).run(resume=True).step == 3
+
+
+@pytest.mark.skipif(MALLOC_TRIM is None, reason="glibc's malloc_trim only")
+def test_the_heap_is_trimmed_once_resident_memory_outgrows_the_slack():
+    trim = HeapTrim(slack_bytes=50_000_000)
+    assert not trim.after_step()  # the first step sets the baseline
+    blocks = [bytearray(100_000) for _ in range(2_000)]  # 200 MB under the mmap threshold: glibc's heap
+    kept = blocks[::10]  # every tenth block stays, pinning the heap around the freed ones
+    blocks.clear()
+    grown = resident_bytes()
+    assert trim.after_step() and trim.trims == 1
+    assert grown - resident_bytes() > 100e6
+    assert not trim.after_step() and trim.baseline == pytest.approx(resident_bytes(), rel=0.05)  # a new baseline
+    assert len(kept) == 200

@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
         warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, batch_size=args.batch_size,
         micro_batch_size=args.micro_batch_size, epochs=args.epochs,
         max_steps=args.max_steps, max_seconds=args.max_minutes * 60 if args.max_minutes else None, seed=args.seed,
-        save_every=args.save_every,
+        group_by_length=args.group_by_length, save_every=args.save_every,
         precision=resolve_precision(args.precision, device), fsdp=args.fsdp,
     )
     if args.fsdp and not world.distributed:
@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", action="store_true",
                    help="with several ranks: shard the draft's parameters, gradients and optimizer states over them "
                         "(FSDP2) instead of a whole copy per rank; the same arithmetic")
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batches of similar lengths (pools of 64 batches sorted by length, the batches then "
+                        "shuffled): ~1%% of a batch's tokens are padding instead of ~17%% on ShareGPT, and a step "
+                        "costs what its batch pads to (default: on)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--max-minutes", type=float, default=None,

@@ -42,11 +42,28 @@ def tokenize_conversation(tokenizer, messages: Sequence[Message], max_length: in
     return Example(tuple(ids), tuple(mask))
 
 
-def batches(examples: Sequence[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of one epoch as example indices: a seeded shuffle, so a resumed run sees the same order."""
+# Length grouping forms batches inside pools of this many batches, each pool sorted by length, and then shuffles
+# the batches: on ShareGPT at 768 tokens, padding falls from ~17% of a batch's tokens (batches of 4-16 shuffled)
+# to ~1%, and both the target forward and the draft's unroll cost what a batch pads to.
+LENGTH_POOL_BATCHES = 64
+
+
+def batches(examples: Sequence[Example], batch_size: int, seed: int, epoch: int,
+            group_by_length: bool = True) -> list[list[int]]:
+    """The batches of one epoch as example indices, from a seeded shuffle (a resumed run sees the same order);
+    with `group_by_length`, batches of similar lengths, in shuffled order."""
     order = list(range(len(examples)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(seed * 1_000_003 + epoch)
+    rng.shuffle(order)
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    pool = batch_size * LENGTH_POOL_BATCHES
+    grouped = []
+    for start in range(0, len(order), pool):
+        ranked = sorted(order[start : start + pool], key=lambda i: len(examples[i].input_ids))
+        grouped += [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
+    rng.shuffle(grouped)
+    return grouped
 
 
 def collate(examples: Sequence[Example], pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
