@@ -32,7 +32,7 @@ if [[ ! -f "$RUN/data/train.jsonl" ]]; then   # the 2m run's data: 9,251 convers
 fi
 if [[ ! -f "$RUN/unused.jsonl" ]]; then   # what the 2m run's 800 steps did not reach (it reports 2,004,180 tokens)
   "$PY" recipes/unused_conversations.py "$RUN/data/train.jsonl" "$RUN/unused.jsonl" --steps 800 --batch-size 4 \
-    --max-length 768
+    --max-length 768 --no-group-by-length
 fi
 # --no-group-by-length: the shuffled batches the recorded run trained on (length grouping became train's default later)
 prism train --data "$RUN/unused.jsonl" --out "$RUN/prism" --init-from "$INIT" \

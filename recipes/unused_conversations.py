@@ -1,9 +1,10 @@
 """The conversations of a chat JSONL file that a training run of N optimizer steps never reached.
 
-`prism-sglang train` shuffles its examples with a seeded order and takes `--batch-size` of them per step, so
-a run of N steps saw exactly the first N batches of epoch 0. This replays that order (same tokenizer, same
-`--max-length`, `--batch-size`, `--seed`) and writes the other conversations: fresh data for continuing the
-run's draft. It prints the tokens the replayed steps covered; compare with the run's summary.json `tokens`.
+`prism-sglang train` forms the batches of an epoch from a seeded order (grouped by length unless
+--no-group-by-length), one per step, so a run of N steps saw exactly the first N batches of epoch 0. This
+replays that order (same tokenizer, same `--max-length`, `--batch-size`, `--seed`, batching) and writes the
+other conversations: fresh data for continuing the run's draft. It prints the tokens the replayed steps covered;
+compare with the run's summary.json `tokens`.
 
     python recipes/unused_conversations.py DATA.jsonl OUT.jsonl --steps 800 --batch-size 4 --max-length 768
 """
@@ -28,6 +29,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--max-length", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="the run's batching (train's default: grouped; runs before 2026-12-07 were not)")
     p.add_argument("--target", default=None, help="HF target folder (default: SmolLM2-135M-Instruct, prepared)")
     args = p.parse_args()
 
@@ -36,8 +39,8 @@ def main() -> None:
     # train drops conversations with nothing to learn before it numbers its examples: do the same
     examples = [(i, e) for i, e in enumerate(tokenize_conversation(tokenizer, c, args.max_length)
                                              for c in conversations) if e is not None]
-    # that run's batches were shuffled, not grouped by length (the option came later)
-    epoch = batches([e for _, e in examples], args.batch_size, args.seed, epoch=0, group_by_length=False)
+    epoch = batches([e for _, e in examples], args.batch_size, args.seed, epoch=0,
+                    group_by_length=args.group_by_length)
     if args.steps > len(epoch):
         raise SystemExit(f"{args.steps} steps is more than one epoch ({len(epoch)} batches): nothing is unused")
     used = {k for batch in epoch[: args.steps] for k in batch}

@@ -213,9 +213,11 @@ def test_a_run_resumes_only_with_the_batching_it_was_written_with(predictable_ta
 
 @pytest.mark.skipif(MALLOC_TRIM is None, reason="glibc's malloc_trim only")
 def test_the_heap_is_trimmed_once_resident_memory_outgrows_the_slack():
+    MALLOC_TRIM(0)  # free heap pages this process already holds would take the blocks below without growing it
     trim = HeapTrim(slack_bytes=50_000_000)
     assert not trim.after_step()  # the first step sets the baseline
-    blocks = [bytearray(100_000) for _ in range(2_000)]  # 200 MB under the mmap threshold: glibc's heap
+    # 200 MB written, in blocks under the mmap threshold: glibc's heap
+    blocks = [bytes([i % 251]) * 100_000 for i in range(2_000)]
     kept = blocks[::10]  # every tenth block stays, pinning the heap around the freed ones
     blocks.clear()
     grown = resident_bytes()
