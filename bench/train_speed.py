@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--out", default=None, help="write the JSON here")
     args = p.parse_args(argv)
-    for batching in args.batching.split(","):
+    batchings = args.batching.split(",")
+    for batching in batchings:
         if batching not in ("grouped", "shuffled"):
             p.error(f"--batching: {batching!r} is neither grouped nor shuffled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     del target
     by_setting = {}
     for precision in args.precisions.split(","):
-        for batching in args.batching.split(","):
+        for batching in batchings:
             print(f"training: {args.steps} optimizer steps in {precision}, batches {batching}", flush=True)
             by_setting[f"{precision}, {batching}"] = measure_training(target_dir, examples, precision, batching, args)
             stages += by_setting[f"{precision}, {batching}"]
