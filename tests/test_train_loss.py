@@ -31,6 +31,7 @@ def test_equals_cross_entropy_with_probability_targets(dtype, block_bytes, monke
     assert torch.equal(top, theirs.float().argmax(-1))
     (2.5 * total).backward()
     (2.5 * reference).backward()
+    assert torch.equal(mine.detach(), logits)  # backward works on copies: the saved logits stay as they were
     assert mine.grad.dtype == dtype
     torch.testing.assert_close(mine.grad.float(), theirs.grad.float(), **(
         {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0.02, "atol": 1e-3}))

@@ -35,7 +35,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
             x = logits[start:end].float()
             p = probs[rows[start:end], cols[start:end]]
             lse[start:end] = torch.logsumexp(x, dim=-1)
-            total += (p.sum(-1) * lse[start:end]).sum() - (p * x).sum()
+            total += torch.dot(p.sum(-1), lse[start:end]) - torch.dot(p.view(-1), x.view(-1))
             top[start:end] = x.argmax(-1)
         ctx.save_for_backward(logits, probs, rows, cols, lse)
         ctx.mark_non_differentiable(top)
@@ -46,10 +46,10 @@ class _SoftCrossEntropy(torch.autograd.Function):
         logits, probs, rows, cols, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
         for start, end in _blocks(*logits.shape):
-            x = logits[start:end].float()
             p = probs[rows[start:end], cols[start:end]]
-            softmax = torch.exp(x - lse[start:end, None])
-            grad[start:end] = ((softmax * p.sum(-1, keepdim=True) - p) * grad_total).to(grad.dtype)
+            # in place on a copy of the block (never the saved logits): softmax(x) * sum(p) - p, times the gradient
+            x = logits[start:end].to(torch.float32, copy=True).sub_(lse[start:end, None]).exp_()
+            grad[start:end] = x.mul_(p.sum(-1, keepdim=True)).sub_(p).mul_(grad_total)
         return grad, None, None, None
 
 
