@@ -14,7 +14,14 @@ from prism_sglang.engine.batch import generate_batch
 from prism_sglang.train.data import Example, batches, collate
 from prism_sglang.train.heap import MALLOC_TRIM, HeapTrim, resident_bytes
 from prism_sglang.train.targets import FeatureCache, causal_mask, online_batch, target_fingerprint
-from prism_sglang.train.trainer import TrainConfig, Trainer, new_draft, resolve_precision, ttt_loss
+from prism_sglang.train.trainer import (
+    TrainConfig,
+    Trainer,
+    in_vocab_read,
+    new_draft,
+    resolve_precision,
+    ttt_loss,
+)
 from prism_sglang.train.upcycle import upcycle
 from prism_sglang.train.vocab import build_draft_vocab
 
@@ -140,6 +147,25 @@ def test_online_targets_equal_the_full_logits_of_a_padded_batch(predictable_targ
     torch.testing.assert_close(batch.logits[real], full.logits[..., draft.draft_to_target][real], atol=1e-4, rtol=1e-5)
     assert torch.equal(batch.in_vocab[real], draft.t2d[full.logits.argmax(-1)][real])
     torch.testing.assert_close(batch.features[real], full.features[real], atol=1e-4, rtol=1e-5)
+
+
+def test_the_argmax_scanned_where_the_loss_reads_it_gives_the_same_loss(predictable_target):
+    """`online_batch(..., argmax_at=in_vocab_read(...))` scans the full vocabulary only before scored tokens:
+    `in_vocab` there as the full scan's, False elsewhere, and the loss and its metrics unchanged."""
+    examples = _examples(predictable_target, n=4, length=20)
+    examples[2] = Example(examples[2].input_ids[:15], examples[2].loss_mask[:15])  # padding
+    vocab = build_draft_vocab([t for e in examples for t in e.input_ids], 6, predictable_target.vocab_size)
+    draft = new_draft(predictable_target, 2, (0, 1), vocab, aux_layer_ids=[1, 3, 4])
+    ids, attention, loss_mask = collate(examples)
+    read = in_vocab_read(attention, loss_mask)
+    full = online_batch(predictable_target, draft, ids, attention)
+    scanned = online_batch(predictable_target, draft, ids, attention, read)
+    assert 0 < int(read.sum()) < read.numel() and not full.in_vocab[read].all()  # the case is not trivial
+    assert torch.equal(scanned.in_vocab[read], full.in_vocab[read]) and not scanned.in_vocab[~read].any()
+    config = TrainConfig(ttt_steps=3)
+    (loss_full, metrics_full), (loss_scanned, metrics_scanned) = (
+        ttt_loss(draft, t, ids, attention, loss_mask, config) for t in (full, scanned))
+    assert torch.equal(loss_full, loss_scanned) and metrics_full == metrics_scanned
 
 
 def test_bf16_loss_tracks_the_fp32_loss(predictable_target):

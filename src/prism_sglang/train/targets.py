@@ -59,14 +59,21 @@ def causal_mask(attention: Tensor) -> Tensor | None:
 
 
 @torch.no_grad()
-def online_batch(target: TargetModel, draft: PrismDraft, ids: Tensor, attention: Tensor) -> TargetBatch:
+def online_batch(target: TargetModel, draft: PrismDraft, ids: Tensor, attention: Tensor,
+                 argmax_at: Tensor | None = None) -> TargetBatch:
     """One target forward. Logits come from the final hidden state over the draft vocabulary only (the full
     [B, T, V] logits are never built: for SmolLM2 at T = 1024 they are 200 MB per row); the full-vocabulary
-    argmax is scanned in blocks."""
+    argmax is scanned in blocks, at the positions of `argmax_at` ([B, T] bool; None: all) only — the scan is
+    about a seventh of a bf16 target stage, and the trainer reads `in_vocab` at the positions before an
+    assistant token only (`trainer.in_vocab_read`). `in_vocab` is False where it was not scanned."""
     out = target.forward(ids, logits_to_keep=1, final_hidden=True, attention_mask=causal_mask(attention))
     head = target.lm_head_weight()
     logits = (out.final_hidden @ head[draft.draft_to_target].T).float()
-    return TargetBatch(out.features, logits, draft.t2d[full_vocab_argmax(out.final_hidden, head)])
+    if argmax_at is None:
+        return TargetBatch(out.features, logits, draft.t2d[full_vocab_argmax(out.final_hidden, head)])
+    in_vocab = torch.zeros(argmax_at.shape, dtype=torch.bool, device=argmax_at.device)
+    in_vocab[argmax_at] = draft.t2d[full_vocab_argmax(out.final_hidden[argmax_at], head)]
+    return TargetBatch(out.features, logits, in_vocab)
 
 
 def example_key(example: Example) -> str:

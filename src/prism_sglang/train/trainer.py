@@ -165,6 +165,14 @@ def score_masks(targets: TargetBatch, attention: Tensor, loss_mask: Tensor, step
     return masks
 
 
+def in_vocab_read(attention: Tensor, loss_mask: Tensor) -> Tensor:
+    """[B, T] bool: the positions whose `in_vocab` `score_masks` reads — index p, the target's prediction for
+    token p + 1, is read where token p + 1 is scored (an assistant token, not padding)."""
+    read = torch.zeros(loss_mask.shape, dtype=torch.bool, device=loss_mask.device)
+    read[:, :-1] = loss_mask[:, 1:] & attention[:, 1:]
+    return read
+
+
 def _mask_counts(masks: list[Tensor | None]) -> list[float]:
     return [0.0 if m is None else float(m.sum()) for m in masks]
 
@@ -442,7 +450,7 @@ class Trainer:
             if self.cache is not None:
                 targets = self.cache.batch(chunk, self.draft, device)
             else:
-                targets = online_batch(self.target, self.draft, ids, attention)
+                targets = online_batch(self.target, self.draft, ids, attention, in_vocab_read(attention, loss_mask))
             parts.append((targets, ids, attention, loss_mask))
         target_seconds = time.perf_counter() - start
         steps = self.config.ttt_steps
