@@ -69,10 +69,9 @@ def online_batch(target: TargetModel, draft: PrismDraft, ids: Tensor, attention:
     out = target.forward(ids, logits_to_keep=1, final_hidden=True, attention_mask=causal_mask(attention))
     head = target.lm_head_weight()
     logits = (out.final_hidden @ head[draft.draft_to_target].T).float()
-    if argmax_at is None:
-        return TargetBatch(out.features, logits, draft.t2d[full_vocab_argmax(out.final_hidden, head)])
-    in_vocab = torch.zeros(argmax_at.shape, dtype=torch.bool, device=argmax_at.device)
-    in_vocab[argmax_at] = draft.t2d[full_vocab_argmax(out.final_hidden[argmax_at], head)]
+    scan = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if argmax_at is None else argmax_at
+    in_vocab = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+    in_vocab[scan] = draft.t2d[full_vocab_argmax(out.final_hidden[scan], head)]
     return TargetBatch(out.features, logits, in_vocab)
 
 
