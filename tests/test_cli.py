@@ -51,6 +51,21 @@ def test_train_refuses_evaluation_prompts(tiny_chat_target_dir, chat_data, tmp_p
     assert main([*args, "--skip-contaminated"]) == 0
 
 
+def test_cache_only_fills_the_feature_cache_that_training_then_reads(tiny_chat_target_dir, chat_data, tmp_path):
+    cache = tmp_path / "features"
+    args = ["train", "--target", str(tiny_chat_target_dir), "--data", str(chat_data), "--limit", "8",
+            "--ttt-steps", "2", "--aux-layers", "0,1,2", "--device", "cpu", "--feature-cache", str(cache)]
+    with pytest.raises(SystemExit, match="--cache-only fills a feature cache"):
+        main([*args[:-2], "--out", str(tmp_path / "none"), "--cache-only"])
+    assert main([*args, "--out", str(tmp_path / "build"), "--cache-only"]) == 0
+    assert not (tmp_path / "build" / "summary.json").exists()  # nothing trained
+    keys = json.loads((cache / "meta.json").read_text())["keys"]
+    assert len(keys) == 8 and len(list(cache.glob("shard-*"))) == 1
+    assert main([*args, "--out", str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "4"]) == 0
+    assert len(list(cache.glob("shard-*"))) == 1  # the run read the cache, built nothing
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 1
+
+
 def test_upcycle_then_generate_and_eval(trained, tiny_chat_target_dir, tmp_path, capsys):
     eagle3 = tmp_path / "eagle3"
     assert main(["upcycle", "--from", str(trained / "final"), "--modules", "1", "--table", "0",

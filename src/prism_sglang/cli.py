@@ -94,6 +94,8 @@ def _device(name: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.cache_only and not args.feature_cache:
+        raise SystemExit("error: --cache-only fills a feature cache: name its folder with --feature-cache")
     if args.nproc:
         return _torchrun(args.nproc)
     from prism_sglang.train.distributed import close_world, init_world, rank_device
@@ -117,7 +119,8 @@ def _train(args: argparse.Namespace) -> int:
         target=_target_dir(args.target), data=args.data, out=args.out, num_modules=args.modules,
         step_modules=table, init_from=args.init_from, draft_vocab_size=args.draft_vocab_size,
         aux_layer_ids=list(args.aux_layers) if args.aux_layers else None, limit=args.limit,
-        max_length=args.max_length, feature_cache=args.feature_cache, skip_contaminated=args.skip_contaminated,
+        max_length=args.max_length, feature_cache=args.feature_cache, cache_only=args.cache_only,
+        skip_contaminated=args.skip_contaminated,
         device=device, resume=args.resume, config=config, world=world,
     ))
     close_world()
@@ -351,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use a seeded subset of N conversations")
     p.add_argument("--feature-cache", default=None,
                    help="folder for the target's outputs (one forward per example, reused by later runs)")
+    p.add_argument("--cache-only", action="store_true",
+                   help="fill --feature-cache for this data (after --limit) and stop without training: runs side "
+                        "by side, or ranks under torchrun, then share one cache instead of racing to build it")
     p.add_argument("--skip-contaminated", action="store_true",
                    help="drop conversations containing evaluation prompts instead of refusing the data")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")

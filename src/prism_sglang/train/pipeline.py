@@ -41,6 +41,7 @@ class TrainJob:
     limit: int | None = None  # a seeded subset of the conversations (nested across sizes)
     max_length: int = 1024
     feature_cache: str | None = None
+    cache_only: bool = False  # fill feature_cache for this data, then stop (several runs can then share it)
     skip_contaminated: bool = False
     device: str = "cpu"
     resume: bool = False
@@ -138,11 +139,15 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print, progress: bo
         if todo and job.world.distributed:
             raise TrainingDataError(
                 f"--feature-cache {job.feature_cache} lacks {len(todo)} conversation(s); ranks do not build a cache "
-                "together: build it first with one process (the same command without torchrun), then train on "
-                "it with torchrun, or leave --feature-cache out (each rank then runs the target on its share)")
+                "together: build it first with one process (the same command with --cache-only, without torchrun), "
+                "then train on it with torchrun, or leave --feature-cache out (each rank then runs the target on its "
+                "share)")
         if todo:
             log(f"caching target outputs of {len(todo)} conversation(s) in {job.feature_cache}")
             cache.build(target, examples, progress=progress)
+        if job.cache_only:
+            log(f"{job.feature_cache} holds the target's outputs for these {len(examples)} conversations")
+            return {"conversations": len(examples), "data_tokens": tokens, "feature_cache": job.feature_cache}
         cache.load(target, draft, examples)
     trainer = Trainer(target, draft, examples, job.config, out, progress=progress, cache=cache, world=job.world)
     if trainer.sharded:
