@@ -64,15 +64,20 @@ wait "$eagle3" "$prism"
 import json, sys
 from pathlib import Path
 run, sizes = Path(sys.argv[1]), sys.argv[2:]
-lines = ["arch\tconversations\ttokens\tsteps\ttrain_s\ttau\tci95_low\tci95_high\tper_position"]
+# acc_last_quarter: each TTT step's top-1 agreement with the target over the last quarter of the run's steps (every
+# batch unseen when scored: a held-out measure on the training distribution)
+lines = ["arch\tconversations\ttokens\tsteps\ttrain_s\ttau\tci95_low\tci95_high\tper_position\tacc_last_quarter"]
 for arch in ("eagle3", "prism"):
     for size in sizes:
         d = run / f"{arch}-{size}"
         summary, report = json.loads((d / "summary.json").read_text()), json.loads((d / "eval.json").read_text())
         tau = report["all"]["tau"]
         pos = " ".join(f"{p:.3f}" if p is not None else "-" for p in report["all"]["per_position_acceptance"])
-        lines.append(f"{arch}\t{size}\t{summary.get('tokens')}\t{summary.get('steps')}\t"
-                     f"{summary.get('seconds')}\t{tau['mean']:.3f}\t{tau['ci95'][0]:.3f}\t{tau['ci95'][1]:.3f}\t{pos}")
+        log = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines()]
+        last = log[len(log) - max(1, len(log) // 4):]
+        acc = " ".join(f"{sum(r[k] for r in last) / len(last):.3f}" for k in sorted(k for k in last[0] if k.startswith("acc_")))
+        lines.append(f"{arch}\t{size}\t{summary.get('tokens')}\t{summary.get('steps')}\t{summary.get('seconds')}\t"
+                     f"{tau['mean']:.3f}\t{tau['ci95'][0]:.3f}\t{tau['ci95'][1]:.3f}\t{pos}\t{acc}")
 (run / "summary.tsv").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
