@@ -105,3 +105,36 @@ def test_train_scale_measures_ranks_and_lengths(tiny_chat_target_dir, tmp_path):
     assert rows[0]["dense_scores_mib_per_step"] > 0
     assert rows[1]["dense_scores_mib_per_step"] == pytest.approx(4 * rows[0]["dense_scores_mib_per_step"])
     assert all(r["ttt_s"] > 0 and r["ttt_tokens_per_s"] > 0 for r in rows)
+
+
+def _finished_run(directory, tokens: int, tau: float, accs: list[list[float]]) -> None:
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps(
+        {"conversations": tokens // 100, "tokens": tokens, "steps": len(accs), "seconds": 12.5}))
+    (directory / "train_log.jsonl").write_text("".join(json.dumps(
+        {"step": i + 1, "tokens": (i + 1) * 100, **{f"acc_{j}": a for j, a in enumerate(row)}}) + "\n"
+        for i, row in enumerate(accs)))
+    (directory / "eval.json").write_text(json.dumps({"all": {
+        "requests": 6, "tau": {"mean": tau, "ci95": [tau - 0.05, tau + 0.05]},
+        "per_position_acceptance": [0.2, None]}}))
+
+
+def test_arch_comparison_tabulates_and_plots_the_recipes_runs(tmp_path):
+    from bench.arch_comparison import main as arch_comparison
+
+    run = tmp_path / "run"
+    # 8 logged steps: the last quarter is steps 7-8
+    _finished_run(run / "prism-20", 2000, 1.3, [[0.1, 0.0]] * 6 + [[0.5, 0.2], [0.7, 0.4]])
+    _finished_run(run / "prism-10", 1000, 1.2, [[0.1, 0.1]] * 4)
+    _finished_run(run / "eagle3-10", 1000, 1.1, [[0.2, 0.1]] * 4)
+    _finished_run(run / "prism-upcycled-10+10", 1000, 1.25, [[0.3, 0.2]] * 4)
+    (run / "eagle3-20").mkdir()  # still training: left out
+    out = tmp_path / "plots" / "arch.png"
+    assert arch_comparison([str(run), "--plot", str(out)]) == 0
+    lines = (run / "summary.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines[1:]] == ["eagle3-10", "prism-10", "prism-20", "prism-upcycled-10+10"]
+    prism_20 = lines[3].split("\t")
+    assert prism_20[1:6] == ["20", "2000", "8", "12.5", "1.300"] and prism_20[6:8] == ["1.250", "1.350"]
+    assert prism_20[8:] == ["0.200 -", "0.600 0.300"]
+    assert out.is_file() and len(json.loads(out.with_suffix(".json").read_text())) == 4
+    assert arch_comparison([str(tmp_path / "empty")]) == 1
