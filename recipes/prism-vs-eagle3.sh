@@ -5,7 +5,8 @@
 # The target runs once per conversation: its outputs go to a feature cache (one forward per conversation of the
 # largest size; the sizes are nested seeded subsets) that every run reads, so a run's time is the draft's alone.
 # The two architectures train side by side, one torch thread each, so both see the same machine.
-# Resumable: finished runs and evaluations are skipped. Results: $RUN/summary.tsv and $RUN/*/eval.json.
+# Resumable: finished runs and evaluations are skipped. Results: $RUN/summary.tsv (bench/arch_comparison.py) and
+# $RUN/*/eval.json.
 # The 2026-12-04 runs (50/100/200 conversations) used SIZES="50 100 200" MAX_LENGTH=512 BATCH=2 EVAL_LIMIT=10,
 # no feature cache and --no-group-by-length (length grouping became train's default later).
 set -euo pipefail
@@ -59,25 +60,4 @@ series eagle3 1 0 & eagle3=$!
 series prism 2 0,1 & prism=$!
 wait "$eagle3" "$prism"
 
-# shellcheck disable=SC2086  # SIZES is a list of sizes: one argument each
-"$PY" - "$RUN" $SIZES <<'PY'
-import json, sys
-from pathlib import Path
-run, sizes = Path(sys.argv[1]), sys.argv[2:]
-# acc_last_quarter: each TTT step's top-1 agreement with the target over the last quarter of the run's steps (every
-# batch unseen when scored: a held-out measure on the training distribution)
-lines = ["arch\tconversations\ttokens\tsteps\ttrain_s\ttau\tci95_low\tci95_high\tper_position\tacc_last_quarter"]
-for arch in ("eagle3", "prism"):
-    for size in sizes:
-        d = run / f"{arch}-{size}"
-        summary, report = json.loads((d / "summary.json").read_text()), json.loads((d / "eval.json").read_text())
-        tau = report["all"]["tau"]
-        pos = " ".join(f"{p:.3f}" if p is not None else "-" for p in report["all"]["per_position_acceptance"])
-        log = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines()]
-        last = log[len(log) - max(1, len(log) // 4):]
-        acc = " ".join(f"{sum(r[k] for r in last) / len(last):.3f}" for k in sorted(k for k in last[0] if k.startswith("acc_")))
-        lines.append(f"{arch}\t{size}\t{summary.get('tokens')}\t{summary.get('steps')}\t{summary.get('seconds')}\t"
-                     f"{tau['mean']:.3f}\t{tau['ci95'][0]:.3f}\t{tau['ci95'][1]:.3f}\t{pos}\t{acc}")
-(run / "summary.tsv").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
+"$PY" bench/arch_comparison.py "$RUN"   # $RUN/summary.tsv; --plot PNG draws tau against tokens
