@@ -47,12 +47,7 @@ series() {  # series NAME MODULES TABLE: train then evaluate every size, in orde
         --lr "$LR" --max-length "$MAX_LENGTH" --epochs 1 --precision bf16 --feature-cache "$FEATURES" \
         --save-every 100 --resume > "$out.train.log" 2>&1
     fi
-    if [[ ! -f "$out/eval.json" ]]; then
-      OMP_NUM_THREADS=1 prism eval --draft "$out/final" --bench mt-bench,humaneval,gsm8k --limit "$EVAL_LIMIT" \
-        --max-new-tokens "$EVAL_TOKENS" --num-steps 5 --topk 1 --no-baseline --out "$out/eval.json.tmp" \
-        > "$out.eval.log" 2>&1
-      mv "$out/eval.json.tmp" "$out/eval.json"
-    fi
+    PY=$PY EVAL_LIMIT=$EVAL_LIMIT EVAL_TOKENS=$EVAL_TOKENS recipes/eval-draft.sh "$out"
   done
 }
 mkdir -p "$RUN"
