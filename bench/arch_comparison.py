@@ -19,13 +19,17 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable when run as a script
+
+from bench.learning_curve import read_runs as read_logs
+
 SERIES = re.compile(r"^(?P<arch>[a-z0-9]+)-(?P<size>\d+)$")  # eagle3-400, prism-1600; not prism-upcycled-800+800
 
 
 def read_run(directory: Path) -> dict:
     summary = json.loads((directory / "summary.json").read_text())
     report = json.loads((directory / "eval.json").read_text())["all"]
-    log = [json.loads(line) for line in (directory / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    log = read_logs([directory], tokens_before=0)
     last = log[len(log) - max(1, len(log) // 4) :]
     steps = sorted((k for k in last[0] if k.startswith("acc_")), key=lambda k: int(k[4:]))
     return {

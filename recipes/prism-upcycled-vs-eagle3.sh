@@ -4,7 +4,7 @@
 # as copies of its layer), fine-tune it on the next HALF with the same settings, and evaluate it like the others.
 # Its line then trained on the same FULL = 2 x HALF conversations, tokens and (about) optimizer steps as eagle3-FULL
 # and prism-FULL. Run after recipes/prism-vs-eagle3.sh (it reads that run's data, eagle3-HALF and feature cache).
-# Resumable like it. Results: $RUN/prism-upcycled-HALF+HALF/{summary,eval}.json.
+# Resumable like it. Results: $RUN/prism-upcycled-HALF+HALF/{summary,eval}.json, a row of $RUN/summary.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -44,5 +44,4 @@ if [[ ! -f "$out/summary.json" ]]; then
     --save-every 100 --resume > "$out.train.log" 2>&1
 fi
 PY=$PY EVAL_LIMIT=$EVAL_LIMIT EVAL_TOKENS=$EVAL_TOKENS recipes/eval-draft.sh "$out"
-"$PY" -c "import json, sys; r = json.load(open(sys.argv[1]))['all']; print('tau', r['tau'], 'per position', \
-r['per_position_acceptance'])" "$out/eval.json"
+"$PY" bench/arch_comparison.py "$RUN"   # the table of every run, this one included
